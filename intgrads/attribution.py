@@ -1,0 +1,177 @@
+"""One-pass layer integrated gradients, with every intermediate gradient kept.
+
+For a sentence with attributed-layer value ``x`` (the layer's output at the input) and ``b`` (its
+output when every word vector is the baseline's), and a quadrature rule ``(a_k, w_k)``:
+
+    z_k = b + a_k (x - b)                       the interpolated layer values ("intermediates")
+    g_k = d F_target / d z_k                    one batched forward + backward over all k
+    IG  = (x - b) * sum_k w_k g_k               (elementwise)
+    delta = sum(IG) - (F_target(x) - F_target(b))
+
+``z_k`` is substituted for the layer's output inside the model's forward, so the layers below it
+are not recomputed and only the gradient with respect to ``z`` is taken (no parameter gradients).
+A list of sentences is padded into one batch (rows ordered sentence-major, then step); the
+attention mask keeps the padding out of every real token's value.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from .baselines import baseline_word_vector, baseline_word_vectors
+from .options import check_options, check_sequences
+from .quadrature import step_sizes_and_alphas
+
+
+def attribute(bundle, sequence_or_list, *, target=1, n_steps=50, method="gausslegendre", baseline="zero",
+              keep_special_tokens=False, internal_batch_size=None, max_tokens=512):
+    """Integrated and intermediate gradients of ``bundle``'s ``target`` logit for one sentence
+    (returns a dict) or a list of sentences (returns a list of dicts). See the README for the keys."""
+    sentences, single = check_sequences(sequence_or_list)
+    tokenizer = bundle.tokenizer
+    options = check_options(
+        target=target, n_steps=n_steps, method=method, baseline=baseline,
+        keep_special_tokens=keep_special_tokens, internal_batch_size=internal_batch_size, max_tokens=max_tokens,
+        num_labels=bundle.num_labels, min_tokens=tokenizer.num_special_tokens_to_add() + 1,
+        max_positions=bundle.max_positions)
+    batch = _encode(bundle, sentences, options.max_tokens)
+    answers = _attribute_batch(bundle, batch, options)
+    return answers[0] if single else answers
+
+
+def _encode(bundle, sentences, max_tokens):
+    tokenizer = bundle.tokenizer
+    encoded = tokenizer(sentences, padding=True, truncation=True, max_length=max_tokens, return_tensors="pt",
+                        return_token_type_ids=True, return_special_tokens_mask=True)
+    full_lengths = [len(ids) for ids in tokenizer(sentences, add_special_tokens=True)["input_ids"]]
+    device = bundle.device
+    mask = encoded["attention_mask"].to(device)
+    batch = {
+        "input_ids": encoded["input_ids"].to(device),
+        "attention_mask": mask,
+        "special": encoded["special_tokens_mask"].to(device).bool() & mask.bool(),
+        "truncated": [length > max_tokens for length in full_lengths],
+    }
+    if bundle.accepts_token_types:
+        batch["token_type_ids"] = encoded["token_type_ids"].to(device)
+    return batch
+
+
+@contextlib.contextmanager
+def _hooked(module, hook):
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@contextlib.contextmanager
+def _substituted(bundle, value):
+    """Within the block, the attributed layer returns ``value`` (batch-first) without computing."""
+    layer = bundle.layer
+    inside = value.transpose(0, 1) if bundle.sequence_first else value
+    layer.forward = lambda *args, **kwargs: inside
+    try:
+        yield
+    finally:
+        del layer.forward
+
+
+def _model_inputs(batch, rows=None, repeat=1):
+    keys = ("input_ids", "attention_mask", "token_type_ids")
+    out = {}
+    for key in keys:
+        if key in batch:
+            value = batch[key].repeat_interleave(repeat, dim=0) if repeat > 1 else batch[key]
+            out[key] = value if rows is None else value[rows]
+    return out
+
+
+def _layer_values(bundle, batch, options):
+    """x, b (B, L, H) at the input and the baseline, and the logits there, in one no-grad forward."""
+    ids = batch["input_ids"]
+    n = ids.shape[0]
+    model_inputs = {key: torch.cat([value, value]) for key, value in _model_inputs(batch).items()}
+    captured = {}
+    vector = baseline_word_vector(bundle, options.baseline)
+
+    def replace_words(module, args, output):
+        keep = ~batch["attention_mask"].bool()
+        if options.keep_special_tokens:
+            keep |= batch["special"]
+        words = output.transpose(0, 1) if bundle.sequence_first else output
+        words = words.clone()
+        words[n:] = baseline_word_vectors(vector, words[:n], keep)
+        return words.transpose(0, 1) if bundle.sequence_first else words
+
+    def capture(module, args, output):
+        captured["value"] = (output.transpose(0, 1) if bundle.sequence_first else output).detach()
+
+    with torch.no_grad(), _hooked(bundle.word_embedding, replace_words), _hooked(bundle.layer, capture):
+        logits = bundle.model(**model_inputs).logits.float()
+    value = captured["value"].float()
+    return value[:n], value[n:], logits[:n], logits[n:]
+
+
+def _attribute_batch(bundle, batch, options):
+    n_sentences = batch["input_ids"].shape[0]
+    x, b, logits_x, logits_b = _layer_values(bundle, batch, options)
+    if options.target == "predicted":
+        targets = logits_x.argmax(dim=1)
+    else:
+        targets = torch.full((n_sentences,), options.target, device=x.device)
+    step_sizes, alphas = step_sizes_and_alphas(options.method, options.n_steps)
+    steps = options.n_steps
+    alpha = torch.tensor(alphas, dtype=x.dtype, device=x.device)
+    weights = torch.tensor(step_sizes, dtype=torch.float32, device=x.device).view(steps, 1)
+
+    total_rows = n_sentences * steps
+    chunk = options.internal_batch_size or total_rows
+    grads = torch.empty((total_rows,) + tuple(x.shape[1:]), dtype=x.dtype, device=x.device)
+    row_sentence = torch.arange(n_sentences, device=x.device).repeat_interleave(steps)
+    row_alpha = alpha.repeat(n_sentences)
+    for start in range(0, total_rows, chunk):
+        rows = slice(start, min(start + chunk, total_rows))
+        owner = row_sentence[rows]
+        with torch.enable_grad():
+            z = (b[owner] + row_alpha[rows].view(-1, 1, 1) * (x[owner] - b[owner])).requires_grad_()
+            with _substituted(bundle, z):
+                logits = bundle.model(**_model_inputs(batch, owner)).logits
+            chosen = logits.gather(1, targets[owner].view(-1, 1)).sum()
+            (grads[rows],) = torch.autograd.grad(chosen, z)
+
+    answers = []
+    for i in range(n_sentences):
+        keep = batch["attention_mask"][i].bool()
+        xi, bi = x[i][keep], b[i][keep]
+        gi = grads[i * steps:(i + 1) * steps][:, keep]
+        total = (gi.reshape(steps, -1) * weights).sum(dim=0).view_as(xi)
+        ig = (xi - bi) * total
+        target = int(targets[i])
+        delta = float(ig.sum() - (logits_x[i, target] - logits_b[i, target]))
+        ids = batch["input_ids"][i][keep].cpu()
+        answers.append({
+            "integrated_gradients": ig.unsqueeze(0).cpu(),
+            "intermediate_gradients": gi.cpu(),
+            "step_sizes": weights.cpu(),
+            "intermediates": (bi + alpha.view(-1, 1, 1) * (xi - bi)).cpu(),
+            "tokens": bundle.tokenizer.convert_ids_to_tokens(ids.tolist()),
+            "input_ids": ids.view(1, -1),
+            "token_attributions": ig.sum(dim=-1).cpu(),
+            "logits": logits_x[i:i + 1].cpu(),
+            "convergence_delta": delta,
+            "target": target,
+            "n_steps": steps,
+            "method": options.method,
+            "baseline": options.baseline,
+            "keep_special_tokens": options.keep_special_tokens,
+            "layer": bundle.layer_name,
+            "truncated": bool(batch["truncated"][i]),
+            "family": bundle.family,
+            "layout": bundle.layout,
+            "label_names": list(bundle.label_names),
+        })
+    return answers

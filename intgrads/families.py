@@ -1,0 +1,137 @@
+"""Model families: how each is configured, built and fed, and which layer is attributed.
+
+- ``bert``: a ``BertForSequenceClassification`` state dict, bert-base-uncased shape by default.
+  The old tool's BERT files use the legacy (pre-transformers) layout, recognised by LayerNorm
+  parameters named ``gamma``/``beta``; their classifier (dropout -> Linear) reads the [CLS] vector of
+  the last encoder layer, not the pooler (whose weights are in those files but unused).
+- ``xlnet-base`` / ``xlnet-large``: ``XLNetForSequenceClassification`` state dicts,
+  xlnet-base-cased / xlnet-large-cased shapes.
+- ``hf``: any ``save_pretrained`` directory of an ``AutoModelForSequenceClassification``.
+
+Attributed layer: the embeddings module's output for BERT-like models (word + position +
+token type, after LayerNorm), the word-embedding output for XLNet (sequence-first inside the
+model, reported batch-first).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import BertConfig, BertModel, XLNetConfig
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+FAMILIES = ("bert", "xlnet-base", "xlnet-large", "hf")
+
+# Shapes of the public checkpoints, so that no network is needed to build the models.
+FAMILY_CONFIGS = {
+    "bert": (BertConfig, dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                              intermediate_size=3072, hidden_act="gelu", max_position_embeddings=512,
+                              type_vocab_size=2, layer_norm_eps=1e-12, pad_token_id=0, num_labels=2)),
+    "xlnet-base": (XLNetConfig, dict(vocab_size=32000, d_model=768, n_layer=12, n_head=12, d_inner=3072,
+                                     ff_activation="gelu", untie_r=True, attn_type="bi", layer_norm_eps=1e-12,
+                                     bi_data=False, clamp_len=-1, same_length=False, summary_type="last",
+                                     summary_use_proj=True, summary_activation="tanh",
+                                     pad_token_id=5, bos_token_id=1, eos_token_id=2, num_labels=2)),
+    "xlnet-large": (XLNetConfig, dict(vocab_size=32000, d_model=1024, n_layer=24, n_head=16, d_inner=4096,
+                                      ff_activation="gelu", untie_r=True, attn_type="bi", layer_norm_eps=1e-12,
+                                      bi_data=False, clamp_len=-1, same_length=False, summary_type="last",
+                                      summary_use_proj=True, summary_activation="tanh",
+                                      pad_token_id=5, bos_token_id=1, eos_token_id=2, num_labels=2)),
+}
+DEFAULT_TOKENIZERS = {"bert": "bert-base-uncased", "xlnet-base": "xlnet-base-cased",
+                      "xlnet-large": "xlnet-large-cased"}
+
+LEGACY_NORM_SUFFIXES = (".gamma", ".beta")
+# Buffers some older checkpoints saved; they are recomputed identically by the model.
+IGNORED_BUFFER_SUFFIXES = ("embeddings.position_ids",)
+LEGACY_UNUSED_PREFIX = "bert.pooler."
+
+
+def family_config(family: str, config=None):
+    """The model config: the family's constants, or ``config`` (a config.json or a directory)."""
+    config_class, constants = FAMILY_CONFIGS[family]
+    if config is None:
+        return config_class(**constants)
+    path = Path(config)
+    if path.is_dir():
+        path = path / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"config not found: {config} (give a config.json or a directory holding one)")
+    loaded = config_class.from_json_file(str(path))
+    return loaded
+
+
+def is_legacy_bert(state: dict) -> bool:
+    """The pre-transformers BERT layout names LayerNorm parameters gamma/beta."""
+    return any(key.endswith(LEGACY_NORM_SUFFIXES) for key in state)
+
+
+def legacy_to_transformers_names(state: dict) -> dict:
+    """Rename legacy ``gamma``/``beta`` to ``weight``/``bias``, drop the unused pooler."""
+    renamed = {}
+    for key, value in state.items():
+        if key.startswith(LEGACY_UNUSED_PREFIX):
+            continue
+        if key.endswith(".gamma"):
+            key = key[: -len(".gamma")] + ".weight"
+        elif key.endswith(".beta"):
+            key = key[: -len(".beta")] + ".bias"
+        renamed[key] = value
+    return renamed
+
+
+def drop_ignored_buffers(state: dict) -> dict:
+    return {key: value for key, value in state.items() if not key.endswith(IGNORED_BUFFER_SUFFIXES)}
+
+
+class LegacyBertForSequenceClassification(nn.Module):
+    """The old tool's BERT classifier: logits = Linear(dropout(h_L[:, 0])), where h_L is the last
+    encoder layer's output and position 0 is [CLS]. No pooler."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.config = config
+        self.num_labels = config.num_labels
+        self.bert = BertModel(config, add_pooling_layer=False)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.base_model_prefix = "bert"
+
+    def get_input_embeddings(self):
+        return self.bert.get_input_embeddings()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, inputs_embeds=None, **kwargs):
+        hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                           inputs_embeds=inputs_embeds).last_hidden_state
+        return SequenceClassifierOutput(logits=self.classifier(self.dropout(hidden[:, 0])))
+
+
+def default_layer_name(model: nn.Module) -> str:
+    """The family's attributed layer: ``<base>.embeddings`` when the model has one, else the
+    word-embedding module (XLNet: ``transformer.word_embedding``)."""
+    prefix = getattr(model, "base_model_prefix", "")
+    base = getattr(model, prefix, None) if prefix else None
+    if base is not None and isinstance(getattr(base, "embeddings", None), nn.Module):
+        return f"{prefix}.embeddings"
+    return module_name(model, model.get_input_embeddings())
+
+
+def module_name(model: nn.Module, module: nn.Module) -> str:
+    for name, candidate in model.named_modules():
+        if candidate is module:
+            return name
+    raise ValueError("module is not part of the model")
+
+
+def resolve_layer(model: nn.Module, name: str) -> nn.Module:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        raise ValueError(f"layer {name!r} is not a module of this model; e.g. {default_layer_name(model)!r}") from None
+
+
+def is_sequence_first(model: nn.Module) -> bool:
+    """XLNet runs sequence-first (seq, batch, hidden) inside its transformer."""
+    return getattr(model.config, "model_type", "") == "xlnet"

@@ -1,0 +1,64 @@
+"""Validation of attribution options; every error names the option and what it accepts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .baselines import BASELINES
+from .quadrature import METHODS, min_steps
+
+MAX_STEPS = 1000
+
+
+@dataclass(frozen=True)
+class Options:
+    target: int | str
+    n_steps: int
+    method: str
+    baseline: str
+    keep_special_tokens: bool
+    internal_batch_size: int | None
+    max_tokens: int
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_options(*, target, n_steps, method, baseline, keep_special_tokens, internal_batch_size,
+                  max_tokens, num_labels: int, min_tokens: int = 1, max_positions: int | None = None) -> Options:
+    """Return the options as an :class:`Options`, or raise ``ValueError`` naming the bad one."""
+    if not (target == "predicted" or (_is_int(target) and 0 <= target < num_labels)):
+        raise ValueError(
+            f"target must be an integer from 0 to {num_labels - 1} or \"predicted\"; got {target!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+    low = min_steps(method)
+    if not (_is_int(n_steps) and low <= n_steps <= MAX_STEPS):
+        raise ValueError(f"n_steps must be an integer from {low} to {MAX_STEPS} for method {method}; got {n_steps!r}")
+    if baseline not in BASELINES:
+        raise ValueError(f"baseline must be one of {', '.join(BASELINES)}; got {baseline!r}")
+    if not isinstance(keep_special_tokens, bool):
+        raise ValueError(f"keep_special_tokens must be true or false; got {keep_special_tokens!r}")
+    if internal_batch_size is not None and not (_is_int(internal_batch_size) and internal_batch_size >= 1):
+        raise ValueError(f"internal_batch_size must be a positive integer or null; got {internal_batch_size!r}")
+    high = max_positions if max_positions else None
+    if not (_is_int(max_tokens) and max_tokens >= min_tokens and (high is None or max_tokens <= high)):
+        allowed = f"from {min_tokens} to {high}" if high else f"at least {min_tokens}"
+        raise ValueError(f"max_tokens must be an integer {allowed}; got {max_tokens!r}")
+    return Options(target, n_steps, method, baseline, keep_special_tokens, internal_batch_size, max_tokens)
+
+
+def check_sequences(sequence_or_list) -> tuple[list[str], bool]:
+    """Return ``(sentences, was_single)``; raise ``ValueError`` for anything but non-empty text."""
+    single = isinstance(sequence_or_list, str)
+    items = [sequence_or_list] if single else sequence_or_list
+    if not isinstance(items, (list, tuple)) or not items:
+        raise ValueError("sequence must be a non-empty string, or sequences a non-empty list of strings")
+    for index, item in enumerate(items):
+        where = "sequence" if single else f"sequences[{index}]"
+        if not isinstance(item, str):
+            raise ValueError(f"{where} must be a string; got {type(item).__name__}")
+        if not item.strip():
+            raise ValueError(f"{where} is empty: send the sentence to attribute")
+    return list(items), single
