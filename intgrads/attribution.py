@@ -17,6 +17,7 @@ attention mask keeps the padding out of every real token's value.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
 import torch
 
@@ -26,9 +27,13 @@ from .quadrature import step_sizes_and_alphas
 
 
 def attribute(bundle, sequence_or_list, *, target=1, n_steps=50, method="gausslegendre", baseline="zero",
-              keep_special_tokens=False, internal_batch_size=None, max_tokens=512):
+              keep_special_tokens=False, internal_batch_size=None, max_tokens=512, chunk_tokens=None):
     """Integrated and intermediate gradients of ``bundle``'s ``target`` logit for one sentence
-    (returns a dict) or a list of sentences (returns a list of dicts). See the README for the keys."""
+    (returns a dict) or a list of sentences (returns a list of dicts). See the README for the keys.
+
+    ``internal_batch_size`` is the number of interpolation rows per forward/backward chunk (all at
+    once when None, as in captum). ``chunk_tokens``, used only when ``internal_batch_size`` is None,
+    bounds memory instead: a chunk holds at most that many (padded) tokens, at least one row."""
     sentences, single = check_sequences(sequence_or_list)
     tokenizer = bundle.tokenizer
     options = check_options(
@@ -37,6 +42,11 @@ def attribute(bundle, sequence_or_list, *, target=1, n_steps=50, method="gaussle
         num_labels=bundle.num_labels, min_tokens=tokenizer.num_special_tokens_to_add() + 1,
         max_positions=bundle.max_positions)
     batch = _encode(bundle, sentences, options.max_tokens)
+    if options.internal_batch_size is None and chunk_tokens is not None:
+        if not (isinstance(chunk_tokens, int) and chunk_tokens >= 1):
+            raise ValueError(f"chunk_tokens must be a positive integer or None; got {chunk_tokens!r}")
+        rows = max(1, chunk_tokens // batch["input_ids"].shape[1])
+        options = dataclasses.replace(options, internal_batch_size=rows)
     answers = _attribute_batch(bundle, batch, options)
     return answers[0] if single else answers
 
