@@ -47,7 +47,8 @@ def attribute(bundle, sequence_or_list, *, target=1, n_steps=50, method="gaussle
             raise ValueError(f"chunk_tokens must be a positive integer or None; got {chunk_tokens!r}")
         rows = max(1, chunk_tokens // batch["input_ids"].shape[1])
         options = dataclasses.replace(options, internal_batch_size=rows)
-    answers = _attribute_batch(bundle, batch, options)
+    with bundle.lock:  # the layer substitution must not interleave with another thread's call
+        answers = _attribute_batch(bundle, batch, options)
     return answers[0] if single else answers
 
 

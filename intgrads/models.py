@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +34,8 @@ class ModelBundle:
     accepts_token_types: bool
     source: str = ""
     label_names: list = field(default_factory=list)
+    # attribute() substitutes the layer's output inside the model while it runs: one call at a time
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def num_labels(self) -> int:
