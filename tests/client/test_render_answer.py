@@ -1,0 +1,131 @@
+"""Pictures of real engine answers: PNG and self-contained HTML, and the accumulated-path numbers."""
+
+from __future__ import annotations
+
+import json
+import re
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+import torch
+
+import intgrads
+from intgrads.client import main
+from intgrads.render import accumulated_attributions, make_figure, render_answer
+
+SENTENCE = "an unexpectedly tender film, though the ending drags"
+
+
+def hand_accumulated(answer) -> np.ndarray:
+    """A[k, t] = sum_{j<=k} w_j sum_h g_j[t, h] (x - b)[t, h], rows in ascending alpha, x - b from two nodes."""
+    _, alphas = intgrads.step_sizes_and_alphas(answer["method"], answer["n_steps"])
+    alphas = torch.tensor(alphas, dtype=torch.float64)
+    z = answer["intermediates"].double()
+    w = answer["step_sizes"].double().reshape(-1)
+    g = answer["intermediate_gradients"].double()
+    if len(alphas) > 1:
+        lo, hi = int(alphas.argmin()), int(alphas.argmax())
+        difference = (z[hi] - z[lo]) / (alphas[hi] - alphas[lo])
+    else:  # one node: x - b = IG / (w g)
+        difference = answer["integrated_gradients"][0].double() / (w[0] * g[0])
+    order = torch.argsort(alphas)
+    per_step = w[:, None] * (g * difference).sum(-1)
+    return torch.cumsum(per_step[order], dim=0).numpy()
+
+
+@pytest.mark.parametrize("method,n_steps", [("gausslegendre", 16), ("riemann_trapezoid", 7), ("gausslegendre", 1)])
+def test_accumulated_path_ends_at_the_token_attributions(bundle, method, n_steps):
+    answer = intgrads.attribute(bundle, SENTENCE, n_steps=n_steps, method=method)
+    alphas, accumulated = accumulated_attributions(answer)
+    expected = hand_accumulated(answer)
+    np.testing.assert_allclose(accumulated, expected, rtol=1e-9, atol=1e-12)
+    attributions = answer["token_attributions"].double().numpy()
+    scale = np.abs(attributions).max()
+    np.testing.assert_allclose(accumulated[-1], attributions, rtol=0, atol=1e-5 * scale)
+    assert np.all(np.diff(alphas) > 0) and accumulated.shape == (n_steps, len(answer["tokens"]))
+    # and x - b from the intermediates is the one that makes IG: (x - b) * sum_k w_k g_k
+    from intgrads.render import path_difference
+
+    total = (answer["step_sizes"].double().view(-1, 1, 1) * answer["intermediate_gradients"].double()).sum(0)
+    ig = answer["integrated_gradients"][0].double()
+    np.testing.assert_allclose(path_difference(answer) * total.numpy(), ig.numpy(), rtol=0,
+                               atol=1e-5 * ig.abs().max().item())
+
+
+class _Collect(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tags, self.polylines, self.data_script = [], [], None
+        self._in_data = False
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.tags.append(tag)
+        if tag == "polyline":
+            self.polylines.append(attrs)
+        self._in_data = tag == "script" and attrs.get("id") == "intgrads-data"
+
+    def handle_data(self, data):
+        if self._in_data:
+            self.data_script = (self.data_script or "") + data
+
+    def handle_endtag(self, tag):
+        if tag == "script":
+            self._in_data = False
+
+
+def test_render_png_and_html_from_a_real_answer(bundle, tmp_path):
+    answer = intgrads.attribute(bundle, SENTENCE, n_steps=12, target=1)
+    attributions = answer["token_attributions"].double().numpy()
+    atol = 1e-5 * np.abs(attributions).max()
+    expected = hand_accumulated(answer)
+    summary = intgrads.summarize_answer(answer)
+
+    # PNG: the path panel's line for token t ends at token_attributions[t]
+    figure = make_figure(answer)
+    lines = {line.get_gid(): line for ax in figure.axes for line in ax.get_lines() if line.get_gid()}
+    assert len(lines) == len(answer["tokens"])
+    for t in range(len(answer["tokens"])):
+        x_values, y_values = lines[f"token-{t}"].get_data()
+        assert y_values[-1] == pytest.approx(attributions[t], abs=atol)
+        np.testing.assert_allclose(y_values, expected[:, t], rtol=1e-9, atol=1e-12)
+    texts = [text.get_text() for text in figure.texts]
+    caption = next(text for text in texts if text.startswith("predicted"))
+    assert f"p = {summary['probabilities'][summary['predicted']]:.3f}" in caption
+    assert "target: 1" in caption and "convergence delta" in caption
+
+    png = tmp_path / "answer.png"
+    picture = render_answer(answer, png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+    np.testing.assert_allclose(picture.accumulated[-1], attributions, atol=atol, rtol=0)
+
+    # HTML: one page, nothing fetched, the same numbers in its data block and one polyline per token
+    page_path = tmp_path / "answer.html"
+    render_answer(answer, page_path)
+    page = page_path.read_text(encoding="utf-8")
+    for fetch in ("http://", "https://", "src=", "href=", "<link", "@import", "url(", "<script src"):
+        assert fetch not in page
+    parsed = _Collect()
+    parsed.feed(page)
+    assert "svg" in parsed.tags and "style" in parsed.tags
+    assert len(parsed.polylines) == len(answer["tokens"])
+    data = json.loads(parsed.data_script)
+    assert data["tokens"] == answer["tokens"]
+    np.testing.assert_allclose(np.array(data["accumulated"])[-1], attributions, atol=atol, rtol=0)
+    assert re.search(r"predicted: .*p = \d\.\d{3}.*target: 1.*convergence delta", page)
+
+
+def test_render_command_and_bad_inputs(bundle, tmp_path, capsys):
+    answer = intgrads.attribute(bundle, SENTENCE, n_steps=4)
+    gz = tmp_path / "000001.gzip"
+    gz.write_bytes(intgrads.encode_answer(answer))
+    assert main(["render", str(gz), "-o", str(tmp_path / "pic.html")]) == 0
+    assert (tmp_path / "pic.html").read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+    assert main(["render", str(gz)]) == 0 and (tmp_path / "000001.png").is_file()   # default name: .png
+    assert main(["render", str(gz), "-o", str(tmp_path / "pic.bmp")]) == 2
+    old = tmp_path / "old.gzip"                          # what the old tool sent: four tensors, no tokens
+    old.write_bytes(intgrads.encode_answer({key: answer[key] for key in (
+        "integrated_gradients", "intermediate_gradients", "step_sizes", "intermediates")}))
+    assert main(["render", str(old), "-o", str(tmp_path / "old.png")]) == 2
+    assert "lacks tokens" in capsys.readouterr().err
