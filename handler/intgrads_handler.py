@@ -1,0 +1,266 @@
+"""TorchServe handler for intgrads: thin glue over the engine (the ``intgrads`` package packed in the archive).
+
+The archive's ``model-config.yaml`` carries, besides TorchServe's own keys, an ``intgrads:`` section written
+by the launcher at archive time::
+
+    intgrads:
+      family: bert                 # bert | xlnet-base | xlnet-large | hf
+      weights: weights/model.pth   # inside the archive (a directory for hf)
+      config: config/config.json   # or null
+      tokenizer: tokenizer         # or null (family default; hf: the weights directory)
+      layer: null
+      device: cpu                  # cpu | cuda (each worker then runs on its own gpu_id)
+      torch_threads: 0             # 0: cores / workers
+      defaults: {target: 1, n_steps: 50, method: gausslegendre, baseline: zero, ...}
+      limits: {max_steps: 500, max_tokens: 512, max_sequences: 16, max_chars: 100000, max_response_bytes: ...}
+
+Environment overrides (set by the launcher for a run): ``INTGRADS_TORCH_THREADS``, ``INTGRADS_MAX_RESPONSE_BYTES``.
+
+Per request (see ``intgrads.request``): ``{"sequence": "..."}`` plus optional options -> the engine's answer as
+``intgrads.encode_answer`` bytes (``application/gzip``), or with ``Accept: application/json`` / the
+``/explanations`` route a JSON summary. Every refused request gets its own 4xx status and a JSON
+``{"error": ...}``; requests in a TorchServe batch are answered one by one (each its own answer or error,
+and the same bytes whatever else was in the batch).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import torch
+
+import intgrads
+from intgrads.request import DEFAULT_LIMITS, DEFAULT_OPTIONS, RequestError, estimate_answer_bytes, lower_keys, parse_request
+
+logger = logging.getLogger(__name__)
+
+JSON_TYPE = "application/json"
+GZIP_TYPE = "application/gzip"
+LOAD_ERROR_MARKER = "INTGRADS_LOAD_ERROR"
+
+
+def _read_yaml(path: Path) -> dict:
+    import yaml
+
+    with open(path, encoding="utf-8") as handle:
+        return yaml.safe_load(handle) or {}
+
+
+class IntgradsHandler:
+    """initialize / preprocess / inference / postprocess, driven by :meth:`handle`."""
+
+    def __init__(self):
+        self.initialized = False
+        self.bundle = None
+        self.context = None
+        self.settings: dict = {}
+        self.defaults = dict(DEFAULT_OPTIONS)
+        self.limits = dict(DEFAULT_LIMITS)
+        self.model_name = "MODEL"
+
+    # ------------------------------------------------------------------ initialize
+    def initialize(self, context):
+        self.context = context
+        properties = context.system_properties
+        model_dir = Path(properties.get("model_dir") or ".")
+        self.model_name = getattr(context, "model_name", None) or "MODEL"
+        try:
+            yaml_config = getattr(context, "model_yaml_config", None) or {}
+            if not yaml_config.get("intgrads") and (model_dir / "model-config.yaml").is_file():
+                yaml_config = _read_yaml(model_dir / "model-config.yaml")
+            settings = yaml_config.get("intgrads")
+            if not settings:
+                raise ValueError("the archive's model-config.yaml has no 'intgrads' section: build the archive "
+                                 "with the intgrads launcher")
+            self.settings = settings
+            self.defaults.update({k: v for k, v in (settings.get("defaults") or {}).items() if k in DEFAULT_OPTIONS})
+            self.limits.update({k: v for k, v in (settings.get("limits") or {}).items() if k in DEFAULT_LIMITS})
+            if os.environ.get("INTGRADS_MAX_RESPONSE_BYTES"):
+                self.limits["max_response_bytes"] = int(os.environ["INTGRADS_MAX_RESPONSE_BYTES"])
+
+            device = self._device(settings, properties)
+            threads = self._threads(settings, yaml_config, device)
+            torch.set_num_threads(threads)
+
+            def inside(name):
+                value = settings.get(name)
+                return str(model_dir / value) if value else None
+
+            started = time.time()
+            self.bundle = intgrads.load_model(settings["family"], inside("weights"), config=inside("config"),
+                                              tokenizer=inside("tokenizer") or settings.get("tokenizer_name"),
+                                              device=device, layer=settings.get("layer"))
+            logger.info("intgrads: model %s (%s, %s layout, layer %s) loaded on %s with %d torch threads in %.1f s "
+                        "(engine %s)", self.model_name, self.bundle.family, self.bundle.layout, self.bundle.layer_name,
+                        device, threads, time.time() - started, Path(intgrads.__file__).parent)
+        except Exception as error:  # noqa: BLE001 - the launcher looks for this line in the model log
+            message = f"{type(error).__name__}: {error}".replace("\n", " ")
+            logger.error("%s model=%s %s", LOAD_ERROR_MARKER, self.model_name, message)
+            raise
+        self.initialized = True
+
+    @staticmethod
+    def _device(settings, properties) -> str:
+        gpu_id = properties.get("gpu_id")
+        if settings.get("device", "cpu") == "cuda":
+            if not torch.cuda.is_available():
+                raise ValueError("this model was archived for --cuda but torch sees no CUDA device in the worker")
+            index = int(gpu_id) if gpu_id is not None else 0
+            torch.cuda.set_device(index)
+            return f"cuda:{index}"
+        return "cpu"
+
+    @staticmethod
+    def _threads(settings, yaml_config, device) -> int:
+        value = os.environ.get("INTGRADS_TORCH_THREADS") or settings.get("torch_threads") or 0
+        threads = int(value)
+        if threads <= 0:
+            workers = max(1, int(yaml_config.get("minWorkers") or 1))
+            threads = max(1, (os.cpu_count() or 1) // workers)
+        return threads
+
+    # ------------------------------------------------------------------ request cycle
+    def preprocess(self, data, context):
+        """One entry per request: a parsed :class:`intgrads.request.Request` or a :class:`RequestError`."""
+        parsed = []
+        for index, parts in enumerate(data):
+            headers = self._headers(context, index)
+            explain = str(headers.get("explain", "")).lower() == "true"
+            try:
+                request = parse_request(parts, headers, model_name=self.model_name,
+                                        num_labels=self.bundle.num_labels, defaults=self.defaults,
+                                        limits=self.limits, explain=explain)
+                if not request.want_json:
+                    self._check_answer_size(request)
+                parsed.append(request)
+            except RequestError as error:
+                parsed.append(error)
+        return parsed
+
+    @staticmethod
+    def _headers(context, index) -> dict:
+        try:
+            return lower_keys(context.get_all_request_header(index))
+        except Exception:  # noqa: BLE001 - no headers known (e.g. a bare Context)
+            return {}
+
+    def _check_answer_size(self, request):
+        tokenizer = self.bundle.tokenizer
+        max_tokens = self._max_tokens()
+        hidden = int(self.bundle.word_embedding.weight.shape[1])
+        lengths = [min(len(ids), max_tokens) for ids in tokenizer(request.sequences, add_special_tokens=True)["input_ids"]]
+        total = sum(estimate_answer_bytes(length, hidden, request.options["n_steps"]) for length in lengths)
+        limit = int(self.limits["max_response_bytes"])
+        if total > limit * 0.95:
+            raise RequestError(
+                f"the answer would hold about {total / 1e6:.0f} MB ({sum(lengths)} tokens x {hidden} x "
+                f"{request.options['n_steps']} steps x 2 tensors), more than this server sends "
+                f"({limit / 1e6:.0f} MB, max_response_size): ask for fewer n_steps, shorter text or fewer "
+                "sequences, or use Accept: application/json for the summary", status=413)
+
+    def _max_tokens(self) -> int:
+        limit = int(self.limits["max_tokens"])
+        positions = self.bundle.max_positions
+        return min(limit, positions) if positions else limit
+
+    def inference(self, requests, context):
+        """Run the engine for each request in turn; an engine refusal becomes that request's 4xx."""
+        results = []
+        for request in requests:
+            if isinstance(request, RequestError):
+                results.append(request)
+                continue
+            started = time.time()
+            extra = {"chunk_tokens": int(self.limits["chunk_tokens"])} if self.limits.get("chunk_tokens") else {}
+            try:
+                answer = intgrads.attribute(self.bundle, request.sequences[0] if request.single else request.sequences,
+                                            max_tokens=self._max_tokens(), **request.options, **extra)
+                results.append((request, answer))
+            except ValueError as error:
+                results.append(RequestError(str(error)))
+            except torch.cuda.OutOfMemoryError:
+                self._free_memory()
+                results.append(RequestError("out of GPU memory for this request: ask for fewer n_steps, set "
+                                            "internal_batch_size, or send shorter text", status=507))
+            except MemoryError:
+                results.append(RequestError("out of memory for this request: ask for fewer n_steps, set "
+                                            "internal_batch_size, or send shorter text", status=507))
+            except Exception as error:  # noqa: BLE001 - one request's failure must not kill the worker
+                logger.exception("intgrads: request failed")
+                results.append(RequestError(f"internal error: {type(error).__name__}: {error}", status=500))
+            else:
+                logger.info("intgrads: %d sentence(s), %d steps, %s in %.2f s", len(request.sequences),
+                            request.options["n_steps"], request.options["method"], time.time() - started)
+        return results
+
+    def _free_memory(self):
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def postprocess(self, results, context):
+        """Bytes per request, with its own status and content type."""
+        out = []
+        for index, result in enumerate(results):
+            try:
+                if isinstance(result, RequestError):
+                    out.append(self._error(context, index, result))
+                    continue
+                request, answer = result
+                if request.want_json:
+                    summary = (intgrads.summarize_answer(answer) if request.single
+                               else [intgrads.summarize_answer(item) for item in answer])
+                    self._set(context, index, 200, "OK", JSON_TYPE)
+                    out.append(json.dumps(summary))
+                else:
+                    self._set(context, index, 200, "OK", GZIP_TYPE)
+                    out.append(intgrads.encode_answer(answer))
+            except Exception as error:  # noqa: BLE001
+                logger.exception("intgrads: could not encode the answer")
+                out.append(self._error(context, index, RequestError(
+                    f"internal error while encoding the answer: {type(error).__name__}: {error}", status=500)))
+        return out
+
+    def _error(self, context, index, error: RequestError) -> str:
+        self._set(context, index, error.status, error.message[:200], JSON_TYPE)
+        return json.dumps(error.to_json())
+
+    @staticmethod
+    def _set(context, index, status, phrase, content_type):
+        if context is None:
+            return
+        try:
+            context.set_response_status(status, _phrase(phrase), index)
+            context.set_response_content_type(index, content_type)
+        except Exception:  # noqa: BLE001 - a bare Context without request processors
+            pass
+
+    def handle(self, data, context):
+        if not self.initialized:
+            self.initialize(context)
+        if data is None:
+            return None
+        self.context = context
+        logger.info("intgrads: batch of %d request(s)", len(data))
+        return self.postprocess(self.inference(self.preprocess(data, context), context), context)
+
+
+def _phrase(text: str) -> str:
+    """HTTP reason phrases are one line of visible ASCII."""
+    cleaned = "".join(ch if 32 <= ord(ch) < 127 else "?" for ch in text.replace("\n", " "))
+    return cleaned or "Error"
+
+
+_service = IntgradsHandler()
+
+
+def handle(data, context):
+    """TorchServe's function entry point: initialize on the first call (data is None), then answer."""
+    if not _service.initialized:
+        _service.initialize(context)
+        if data is None:
+            return None
+    return _service.handle(data, context)

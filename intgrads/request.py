@@ -1,0 +1,320 @@
+"""Parsing and checking one HTTP request for the TorchServe handler (no TorchServe import here).
+
+A request reaches the handler as a dict of named parts (TorchServe's view of the body):
+
+- a JSON body (``Content-Type: application/json``): ``{"body": b'{"sequence": "..."}'}`` (raw bytes
+  when ``decode_input_request=false``, as the launcher's config sets it; an already decoded dict otherwise);
+- a ``text/plain`` body: ``{"body": b"the sentence itself"}``;
+- a form (``curl -d 'sequence=...'`` or ``--data-urlencode``, or a curl ``-d`` with no Content-Type):
+  one part per field, ``{"sequence": b"...", "n_steps": b"20"}``.
+
+:func:`parse_request` turns that into a :class:`Request` or raises :class:`RequestError` carrying the
+HTTP status and a message that names the problem (and shows a working curl when nothing was sent).
+Value ranges that depend on the model (target, method names...) are checked here too, so that the
+engine's own ``ValueError`` is a second line of defence only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+from .baselines import BASELINES
+from .quadrature import METHODS, min_steps
+
+# The option fields a request may carry besides the sentence(s).
+OPTION_FIELDS = ("target", "n_steps", "method", "baseline", "keep_special_tokens", "internal_batch_size")
+TEXT_FIELDS = ("sequence", "sequences")
+ALLOWED_FIELDS = TEXT_FIELDS + OPTION_FIELDS
+EXAMPLE_SENTENCE = "This is the sequence that you want to get the sentiment of"
+
+DEFAULT_OPTIONS = {"target": 1, "n_steps": 50, "method": "gausslegendre", "baseline": "zero",
+                   "keep_special_tokens": False, "internal_batch_size": None}
+DEFAULT_LIMITS = {"max_steps": 500, "max_tokens": 512, "max_sequences": 16, "max_chars": 100_000,
+                  "max_body_bytes": 1_048_576, "max_response_bytes": 1_073_741_824, "chunk_tokens": None}
+
+
+class RequestError(Exception):
+    """A request the server refuses: ``status`` (4xx) and a ``message`` naming the problem."""
+
+    def __init__(self, message: str, status: int = 400, **extra):
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.extra = extra
+
+    def to_json(self) -> dict:
+        return {"error": self.message, "status": self.status, **self.extra}
+
+
+@dataclass
+class Request:
+    sequences: list          # the sentences, in order
+    single: bool             # "sequence" (one answer dict) rather than "sequences" (a list)
+    options: dict            # target, n_steps, method, baseline, keep_special_tokens, internal_batch_size
+    want_json: bool = False  # JSON summary instead of the gzip answer
+    given: list = field(default_factory=list)   # the option names the client set
+
+
+def usage_curl(url: str = "http://127.0.0.1:8888/predictions/MODEL") -> str:
+    return (f"curl {url} -H 'Content-Type: application/json' "
+            f"-d '{{\"sequence\": \"{EXAMPLE_SENTENCE}\"}}' --output saved_file.gzip")
+
+
+def lower_keys(headers) -> dict:
+    """Request headers with lower-case names; TorchServe's per-part content types are dropped."""
+    out = {}
+    for key, value in (headers or {}).items():
+        if isinstance(key, bytes):
+            key = key.decode("latin-1")
+        if isinstance(value, bytes):
+            value = value.decode("latin-1")
+        if isinstance(value, str):
+            out[str(key).lower()] = value
+    return out
+
+
+def request_url(headers: dict, model_name: str, explain: bool = False) -> str:
+    host = headers.get("host") or "127.0.0.1:8888"
+    route = "explanations" if explain else "predictions"
+    return f"http://{host}/{route}/{model_name}"
+
+
+def wants_json(headers: dict, explain: bool) -> bool:
+    """JSON when the route is /explanations or the client accepts JSON and not gzip/octet-stream first."""
+    if explain:
+        return True
+    accept = headers.get("accept", "")
+    kinds = [part.split(";")[0].strip().lower() for part in accept.split(",") if part.strip()]
+    for kind in kinds:
+        if kind in ("application/json", "text/json"):
+            return True
+        if kind in ("application/gzip", "application/x-gzip", "application/octet-stream"):
+            return False
+    return False
+
+
+def _decode_text(value, what: str) -> str:
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise RequestError(f"{what} is not valid UTF-8 (byte {error.start}): send text encoded as UTF-8") from None
+    if isinstance(value, str):
+        return value
+    raise RequestError(f"{what} must be text; got {type(value).__name__}")
+
+
+def _body_fields(parts: dict, headers: dict, url: str) -> tuple[dict, bool]:
+    """The request's fields as a dict, and whether they came from a form (values are then text)."""
+    body_key = next((key for key in ("body", "data") if key in parts), None)
+    if body_key is None:
+        if not parts:
+            raise RequestError(
+                "empty request: send a JSON body with a \"sequence\" (and say it is JSON, or TorchServe reads "
+                f"it as a form and it arrives empty), e.g. {usage_curl(url)}", usage=usage_curl(url))
+        return dict(parts), True
+    if len(parts) > 1:
+        extra = sorted(key for key in parts if key != body_key)
+        raise RequestError(f"send either a body or form fields, not both (got {', '.join(extra)} as well)")
+    value = parts[body_key]
+    content_type = headers.get("content-type", "").split(";")[0].strip().lower()
+    if isinstance(value, dict):          # TorchServe already decoded the JSON
+        return value, False
+    if isinstance(value, list):
+        raise RequestError(f"the JSON body must be an object like {{\"sequence\": \"...\"}}; got a list")
+    if content_type and not (content_type.startswith("text/") or content_type.endswith("json")
+                             or content_type == "application/octet-stream"):
+        raise RequestError(f"unsupported Content-Type {content_type!r}: send application/json "
+                           f"(or text/plain with the sentence itself), e.g. {usage_curl(url)}", status=415)
+    text = _decode_text(value, "the request body")
+    stripped = text.strip()
+    if not stripped:
+        raise RequestError(f"empty request body: send a sentence, e.g. {usage_curl(url)}", usage=usage_curl(url))
+    looks_json = stripped[0] in "{[\"" or content_type.endswith("json")
+    if content_type.startswith("text/") and not content_type.endswith("json") and stripped[0] != "{":
+        looks_json = False
+    if not looks_json:
+        return {"sequence": text}, False
+    try:
+        decoded = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise RequestError(f"the body is not valid JSON ({error.msg} at line {error.lineno} column {error.colno}); "
+                           f"e.g. {usage_curl(url)}", usage=usage_curl(url)) from None
+    if not isinstance(decoded, dict):
+        raise RequestError("the JSON body must be an object like {\"sequence\": \"...\"}; "
+                           f"got {_json_type(decoded)}")
+    return decoded, False
+
+
+def _json_type(value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _form_value(name: str, value):
+    """Form fields arrive as text: turn numbers and booleans into their types."""
+    text = _decode_text(value, f"field {name!r}").strip()
+    if name in ("n_steps", "internal_batch_size"):
+        if name == "internal_batch_size" and text.lower() in ("", "null", "none"):
+            return None
+        try:
+            return int(text)
+        except ValueError:
+            raise RequestError(f"{name} must be an integer; got {text!r}") from None
+    if name == "target":
+        if text.lower() == "predicted":
+            return "predicted"
+        try:
+            return int(text)
+        except ValueError:
+            raise RequestError(f"target must be an integer or \"predicted\"; got {text!r}") from None
+    if name == "keep_special_tokens":
+        if text.lower() in ("true", "1", "yes", "on"):
+            return True
+        if text.lower() in ("false", "0", "no", "off", ""):
+            return False
+        raise RequestError(f"keep_special_tokens must be true or false; got {text!r}")
+    if name == "sequences":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            raise RequestError("sequences in a form must be a JSON list of strings") from None
+    return _decode_text(value, f"field {name!r}")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_text(fields: dict, limits: dict) -> tuple[list, bool]:
+    present = [name for name in TEXT_FIELDS if name in fields]
+    if not present:
+        raise RequestError("no \"sequence\" in the request: send {\"sequence\": \"the sentence\"} "
+                           "(or \"sequences\": [\"...\", \"...\"])")
+    if len(present) == 2:
+        raise RequestError("send either \"sequence\" or \"sequences\", not both")
+    name = present[0]
+    value = fields[name]
+    if name == "sequence":
+        if not isinstance(value, str):
+            raise RequestError(f"sequence must be a string; got {_json_type(value)}")
+        items, single = [value], True
+    else:
+        if not isinstance(value, list):
+            raise RequestError(f"sequences must be a list of strings; got {_json_type(value)}")
+        if not value:
+            raise RequestError("sequences is an empty list: send at least one sentence")
+        if len(value) > limits["max_sequences"]:
+            raise RequestError(f"sequences has {len(value)} sentences; this server takes at most "
+                               f"{limits['max_sequences']} per request", status=413)
+        items, single = value, False
+    for index, item in enumerate(items):
+        where = "sequence" if single else f"sequences[{index}]"
+        if not isinstance(item, str):
+            raise RequestError(f"{where} must be a string; got {_json_type(item)}")
+        if "\x00" in item:
+            raise RequestError(f"{where} contains a NUL character")
+        if not item.strip():
+            raise RequestError(f"{where} is empty: send the sentence to attribute")
+        if len(item) > limits["max_chars"]:
+            raise RequestError(f"{where} has {len(item)} characters; this server takes at most "
+                               f"{limits['max_chars']}", status=413)
+    return list(items), single
+
+
+def check_options(options: dict, *, num_labels: int, limits: dict) -> None:
+    """Types and ranges of the options; raise :class:`RequestError` naming the first bad one."""
+    target = options["target"]
+    if not (target == "predicted" or (_is_int(target) and 0 <= target < num_labels)):
+        raise RequestError(f"target must be an integer from 0 to {num_labels - 1} or \"predicted\"; "
+                           f"got {json.dumps(target) if _jsonable(target) else repr(target)}")
+    method = options["method"]
+    if not isinstance(method, str) or method not in METHODS:
+        raise RequestError(f"method must be one of {', '.join(METHODS)}; got {_show(method)}")
+    n_steps = options["n_steps"]
+    low, high = min_steps(method), limits["max_steps"]
+    if not _is_int(n_steps):
+        raise RequestError(f"n_steps must be an integer from {low} to {high}; got {_show(n_steps)}")
+    if n_steps > high:
+        raise RequestError(f"n_steps is {n_steps}; this server takes at most {high} "
+                           f"(ask for fewer steps, or start the server with a higher --max-steps)", status=413)
+    if n_steps < low:
+        raise RequestError(f"n_steps must be an integer from {low} to {high} for method {method}; got {n_steps}")
+    baseline = options["baseline"]
+    if not isinstance(baseline, str) or baseline not in BASELINES:
+        raise RequestError(f"baseline must be one of {', '.join(BASELINES)}; got {_show(baseline)}")
+    if not isinstance(options["keep_special_tokens"], bool):
+        raise RequestError(f"keep_special_tokens must be true or false; got {_show(options['keep_special_tokens'])}")
+    size = options["internal_batch_size"]
+    if size is not None and not (_is_int(size) and size >= 1):
+        raise RequestError(f"internal_batch_size must be a positive integer or null; got {_show(size)}")
+
+
+def _jsonable(value) -> bool:
+    try:
+        json.dumps(value)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def _show(value) -> str:
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    text = json.dumps(value) if _jsonable(value) else repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def parse_request(parts, headers=None, *, model_name: str = "MODEL", num_labels: int = 2, defaults=None,
+                  limits=None, explain: bool = False) -> Request:
+    """Turn TorchServe's view of one request into a :class:`Request`, or raise :class:`RequestError`."""
+    headers = lower_keys(headers)
+    defaults = {**DEFAULT_OPTIONS, **(defaults or {})}
+    limits = {**DEFAULT_LIMITS, **(limits or {})}
+    url = request_url(headers, model_name, explain)
+    if parts is None:
+        parts = {}
+    if not isinstance(parts, dict):
+        raise RequestError("unreadable request")
+    size = sum(len(value) for value in parts.values() if isinstance(value, (bytes, bytearray, str)))
+    if size > limits["max_body_bytes"]:
+        raise RequestError(f"the request body has {size} bytes; this server takes at most {limits['max_body_bytes']}",
+                           status=413)
+    fields, from_form = _body_fields(parts, headers, url)
+    unknown = sorted(str(name) for name in fields if name not in ALLOWED_FIELDS)
+    if unknown:
+        hint = ""
+        if from_form and any(name.lstrip().startswith("{") for name in unknown):
+            hint = (" (a JSON body sent without -H 'Content-Type: application/json' is read as a form: "
+                    f"add that header, e.g. {usage_curl(url)})")
+        shown = ", ".join(repr(name if len(name) <= 40 else name[:37] + "...") for name in unknown[:5])
+        raise RequestError(f"unknown field(s) {shown}; a request may carry {', '.join(ALLOWED_FIELDS)}{hint}")
+    if from_form:
+        fields = {name: _form_value(name, value) for name, value in fields.items()}
+    sequences, single = _check_text(fields, limits)
+    options = dict(defaults)
+    given = [name for name in OPTION_FIELDS if name in fields]
+    for name in given:
+        options[name] = fields[name]
+    check_options(options, num_labels=num_labels, limits=limits)
+    return Request(sequences=sequences, single=single, options=options, want_json=wants_json(headers, explain),
+                   given=given)
+
+
+def estimate_answer_bytes(n_tokens: int, hidden: int, n_steps: int) -> int:
+    """Bytes of one answer's tensors before gzip (float32): intermediates and intermediate gradients
+    (n_steps x tokens x hidden each), the integrated gradients and small ones."""
+    return 4 * (n_tokens * hidden * (2 * n_steps + 1) + n_steps + 2 * n_tokens) + 64 * n_tokens + 4096

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The test command: set up .venv/ if needed (scripts/bootstrap.sh), then run the whole suite with pytest.
+# Extra arguments go to pytest, e.g. ./scripts/test.sh tests/serve -x -q
+# The serve tests start real TorchServe servers: they need Java 17 (apt-get install openjdk-17-jre-headless).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+"$root/scripts/bootstrap.sh"
+venv="${INTGRADS_VENV:-$root/.venv}"
+cd "$root"
+if [[ $# -eq 0 ]]; then
+    set -- tests -q -rfEs
+fi
+exec "$venv/bin/python" -m pytest "$@"

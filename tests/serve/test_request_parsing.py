@@ -1,0 +1,57 @@
+"""intgrads.request without a server: the shapes TorchServe hands the handler, with and without its own
+decoding (a bare ``torchserve`` decodes JSON and text bodies; the launcher's config turns that off)."""
+
+from __future__ import annotations
+
+import pytest
+
+from intgrads.request import RequestError, estimate_answer_bytes, parse_request, wants_json
+
+JSON = {"Content-Type": "application/json", "Host": "example:8888"}
+
+
+def test_raw_and_decoded_json_give_the_same_request():
+    raw = parse_request({"body": b'{"sequence": "good", "n_steps": 7, "target": "predicted"}'}, JSON)
+    decoded = parse_request({"body": {"sequence": "good", "n_steps": 7, "target": "predicted"}}, JSON)
+    assert raw == decoded
+    assert raw.sequences == ["good"] and raw.single and raw.options["n_steps"] == 7
+    assert raw.options["target"] == "predicted" and raw.options["method"] == "gausslegendre"
+    assert raw.given == ["target", "n_steps"]
+
+
+def test_text_bodies_forms_and_defaults():
+    plain = parse_request({"body": "a fine film"}, {"Content-Type": "text/plain"}, defaults={"n_steps": 9})
+    assert plain.sequences == ["a fine film"] and plain.options["n_steps"] == 9
+    form = parse_request({"sequence": b"a fine film", "n_steps": b"4", "keep_special_tokens": b"true",
+                          "target": b"0", "internal_batch_size": b"null"}, {})
+    assert form.options == {"target": 0, "n_steps": 4, "method": "gausslegendre", "baseline": "zero",
+                            "keep_special_tokens": True, "internal_batch_size": None}
+    many = parse_request({"body": b'{"sequences": ["a", "b c"]}'}, JSON)
+    assert many.sequences == ["a", "b c"] and not many.single
+
+
+@pytest.mark.parametrize("accept,explain,expected", [
+    ("", False, False), ("*/*", False, False), ("application/json", False, True),
+    ("application/gzip, application/json", False, False), ("text/html, application/json;q=0.9", False, True),
+    ("", True, True),
+])
+def test_json_or_gzip(accept, explain, expected):
+    assert wants_json({"accept": accept}, explain) is expected
+
+
+def test_errors_name_the_problem_and_show_the_curl():
+    with pytest.raises(RequestError) as empty:
+        parse_request({}, JSON, model_name="bert")
+    assert empty.value.status == 400
+    assert "curl http://example:8888/predictions/bert -H 'Content-Type: application/json'" in empty.value.message
+    with pytest.raises(RequestError) as steps:
+        parse_request({"body": b'{"sequence": "a", "n_steps": 600}'}, JSON, limits={"max_steps": 500})
+    assert steps.value.status == 413 and steps.value.to_json()["error"].startswith("n_steps is 600")
+    with pytest.raises(RequestError) as target:
+        parse_request({"body": {"sequence": "a", "target": 3}}, JSON, num_labels=3)
+    assert "from 0 to 2" in target.value.message
+
+
+def test_answer_size_estimate():
+    # xlnet-large, 512 tokens, 50 steps: two (50, 512, 1024) float32 tensors, about 210 MB
+    assert 209e6 < estimate_answer_bytes(512, 1024, 50) < 216e6

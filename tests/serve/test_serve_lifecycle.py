@@ -1,0 +1,189 @@
+"""The launcher's life cycle against real TorchServe: foreground start and Ctrl-C, background start and --stop,
+archive reuse, and failures that end with a message saying what to do (missing file, bad weights, port taken,
+a worker that cannot load its model)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+import requests
+
+from .conftest import LAUNCHER, ROOT, free_port_block, launcher_env, post_json, run_launcher
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+@pytest.fixture
+def place(tmp_path):
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    port = free_port_block()
+    return {"home": tmp_path, "env": launcher_env(tmp), "port": port, "run": tmp_path / "run",
+            "store": tmp_path / "model_store",
+            "common": ["-p", port, "--run-dir", tmp_path / "run", "--model-store", tmp_path / "model_store"]}
+
+
+def _wait_for_line(process, needle: str, timeout: float) -> str:
+    seen = []
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            if process.poll() is not None:
+                break
+            continue
+        seen.append(line)
+        if needle in line:
+            return "".join(seen)
+    raise AssertionError(f"{needle!r} never printed:\n{''.join(seen)}")
+
+
+@pytest.fixture
+def stop_afterwards(place):
+    """Whatever happens in the test, no server is left running in its run directory."""
+    yield
+    run_launcher(["--stop", "-p", place["port"], "--run-dir", place["run"]], cwd=place["home"], env=place["env"],
+                 timeout=120)
+
+
+def test_foreground_ctrl_c_then_background_and_stop(place, hf_files, stop_afterwards):
+    model = ["--hf-model", hf_files.weights, "--model-name", "tiny"]
+    # --foreground: the launcher stays; Ctrl-C (SIGINT) stops TorchServe and its workers.
+    process = subprocess.Popen(LAUNCHER + [str(a) for a in model + place["common"] + ["--foreground"]],
+                               cwd=place["home"], env=place["env"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    try:
+        output = _wait_for_line(process, "Ctrl-C stops the server", timeout=300)
+        assert "built " in output
+        built_at = (place["store"] / "tiny.mar").stat().st_mtime
+        url = f"http://127.0.0.1:{place['port']}/predictions/tiny"
+        assert post_json(url, {"sequence": "good", "n_steps": 3}).status_code == 200
+        state = json.loads((place["run"] / "state.json").read_text())
+        pids = [state["pid"]] + state["worker_pids"]
+        assert all(_pid_alive(pid) for pid in pids)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=120) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert not any(_pid_alive(pid) for pid in pids)
+    assert all(_port_free(place["port"] + i) for i in range(5))
+
+    # Background (the default): the archive is reused, the launcher returns, --stop ends the server.
+    started = run_launcher(model + place["common"], cwd=place["home"], env=place["env"])
+    assert started.returncode == 0, started.stdout + started.stderr
+    engine_changed = any(path.stat().st_mtime > built_at for path in (ROOT / "intgrads").glob("*.py"))
+    assert "built " not in started.stdout or engine_changed   # (an edit of the engine meanwhile rebuilds)
+    assert f"Stop:  intgrads --stop -p {place['port']}" in started.stdout
+    state = json.loads((place["run"] / "state.json").read_text())
+    assert post_json(url, {"sequence": "good", "n_steps": 3}).status_code == 200
+    again = run_launcher(model + place["common"], cwd=place["home"], env=place["env"])
+    assert again.returncode != 0 and "already running" in again.stderr
+    stopped = run_launcher(["--stop", "-p", place["port"], "--run-dir", place["run"]], cwd=place["home"],
+                           env=place["env"], timeout=120)
+    assert stopped.returncode == 0 and "stopped" in stopped.stdout
+    assert not any(_pid_alive(pid) for pid in [state["pid"]] + state["worker_pids"])
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"http://127.0.0.1:{place['port']}/ping", timeout=5)
+    nothing = run_launcher(["--stop", "-p", place["port"], "--run-dir", place["run"]], cwd=place["home"],
+                           env=place["env"], timeout=120)
+    assert nothing.returncode == 0 and "no server is running" in nothing.stdout
+
+    # A worker that cannot load its model (a damaged archive): a clear message, the log tail, nothing left running.
+    mar = place["store"] / "tiny.mar"
+    damaged = mar.with_suffix(".tmp")
+    with zipfile.ZipFile(mar) as source, zipfile.ZipFile(damaged, "w") as target:
+        for item in source.infolist():
+            data = source.read(item.filename)
+            if item.filename == "weights/config.json":
+                data = b"{ this is not json"
+            target.writestr(item, data)
+    os.replace(damaged, mar)
+    failed = run_launcher(model + place["common"] + ["--ready-timeout", "240"], cwd=place["home"], env=place["env"])
+    assert failed.returncode != 0
+    assert "a worker failed to load its model" in failed.stderr and "model_log.log" in failed.stderr
+    state = json.loads((place["run"] / "state.json").read_text())
+    assert not _pid_alive(state["pid"])
+    assert all(_port_free(place["port"] + i) for i in range(5))
+
+
+def test_missing_file_bad_weights_no_model(place, tmp_path, minilm_dir):
+    missing = run_launcher(["-bp", tmp_path / "nope.pth"] + place["common"], cwd=place["home"], env=place["env"])
+    assert missing.returncode != 0 and "nope.pth: no such file" in missing.stderr
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"this is not a checkpoint")
+    bad = run_launcher(["-bp", junk, "--tokenizer", minilm_dir] + place["common"], cwd=place["home"], env=place["env"])
+    assert bad.returncode == 2 and "cannot load the bert model" in bad.stderr and "junk.pth" in bad.stderr
+    none = run_launcher(place["common"], cwd=place["home"], env=place["env"])
+    assert none.returncode == 2 and "no model given" in none.stderr
+    hf_missing = run_launcher(["--hf-model", tmp_path] + place["common"], cwd=place["home"], env=place["env"])
+    assert hf_missing.returncode != 0 and "not a save_pretrained directory" in hf_missing.stderr
+
+
+def test_port_taken(place, hf_files, stop_afterwards):
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", place["port"] + 1))
+        squatter.listen(1)
+        result = run_launcher(["--hf-model", hf_files.weights] + place["common"], cwd=place["home"], env=place["env"])
+    assert result.returncode != 0
+    assert f"management port {place['port'] + 1}" in result.stderr and "taken" in result.stderr
+
+
+def test_help_lists_the_flags():
+    result = subprocess.run(LAUNCHER + ["--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0
+    for flag in ("-bp", "--bert-path", "-xlb", "--xlnet-base-path", "-xll", "--xlnet-large-path", "--cuda", "--cpu",
+                 "-h HOST", "--host", "-p PORT", "--num-cuda-devs", "-b BASELINE", "--hf-model", "--demo", "--tokenizer",
+                 "--config", "--model-name", "--workers-per-gpu", "--workers", "--n-steps", "--method", "--target",
+                 "--management-port", "--metrics-port", "--model-store", "--foreground", "--stop", "--help"):
+        assert flag in result.stdout, flag
+
+
+def test_non_loopback_host_keeps_token_auth_on(place, hf_files, stop_afterwards):
+    """-h 0.0.0.0: token auth stays on, the printed curl carries the inference key, a request without it is refused."""
+    started = run_launcher(["--hf-model", hf_files.weights, "-h", "0.0.0.0"] + place["common"], cwd=place["home"],
+                           env=place["env"])
+    assert started.returncode == 0, started.stdout + started.stderr
+    keys = json.loads((place["run"] / "key_file.json").read_text())
+    inference, management = keys["inference"]["key"], keys["management"]["key"]
+    curl = next(line for line in started.stdout.splitlines() if line.strip().startswith("curl "))
+    assert f'-H "Authorization: Bearer {inference}"' in curl
+    assert f"Inference key: {inference}" in started.stdout
+    url = f"http://127.0.0.1:{place['port']}/predictions/hf"
+    refused = post_json(url, {"sequence": "good", "n_steps": 3})
+    assert refused.status_code in (400, 401, 403)
+    answered = post_json(url, {"sequence": "good", "n_steps": 3}, headers={"Authorization": f"Bearer {inference}"})
+    assert answered.status_code == 200 and answered.content[:2] == b"\x1f\x8b"
+    described = requests.get(f"http://127.0.0.1:{place['port'] + 1}/models/hf", timeout=30,
+                             headers={"Authorization": f"Bearer {management}"})
+    assert described.status_code == 200
+    stopped = run_launcher(["--stop", "-p", place["port"], "--run-dir", place["run"]], cwd=place["home"],
+                           env=place["env"], timeout=120)
+    assert stopped.returncode == 0 and "stopped" in stopped.stdout
+    assert not (place["run"] / "key_file.json").exists()
