@@ -1,0 +1,126 @@
+"""The README's commands, run as written.
+
+Every ```bash and ```python block of README.md is run in order from the project root against the real
+server the first block starts (``./scripts/intgrads.sh --demo``, port 8888): the curl and the old tool's
+loading snippet, the JSON route, the scaling calls, the engine snippet, the batch client and the picture.
+``./scripts/test.sh`` is the command running this test, so it is left to CI. The ```text block of
+usage forms (paths to the user's own files) is checked against the launcher's argument parser, and the
+flags block against ``--help``. The stop command of the README ends the run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+PORTS = (8888, 8889, 8890)
+MADE = ("saved_file.gzip", "sentences.txt", "answers", "attribution.png")
+STOP = "./scripts/intgrads.sh --stop"
+
+
+def readme_blocks() -> list[tuple[str, str]]:
+    return re.findall(r"^```(\w*)\n(.*?)^```", README.read_text(), flags=re.S | re.M)
+
+
+def shell_commands(text: str) -> list[str]:
+    joined = re.sub(r"\\\n\s*", " ", text)
+    return [line.strip() for line in joined.splitlines() if line.strip() and not line.strip().startswith("#")]
+
+
+def python_source(text: str) -> str:
+    lines = text.splitlines()
+    if any(line.startswith(">>>") for line in lines):
+        return "\n".join(line[4:] if line.startswith(">>> ") else line[3:] for line in lines if line.startswith(">>>"))
+    return text
+
+
+def port_busy(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def run(command: list[str] | str, **kwargs) -> subprocess.CompletedProcess:
+    shell = isinstance(command, str)
+    result = subprocess.run(["bash", "-c", command] if shell else command, cwd=ROOT, capture_output=True,
+                            text=True, timeout=900, **kwargs)
+    assert result.returncode == 0, f"{command!r} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+@pytest.fixture
+def readme_server():
+    if any(port_busy(port) for port in PORTS):
+        pytest.skip("ports 8888-8890 are taken: the README's demo server cannot start here")
+    clashes = [name for name in MADE if (ROOT / name).exists()]
+    if clashes:
+        pytest.skip(f"the README's commands would overwrite {', '.join(clashes)} in the project root")
+    try:
+        yield
+    finally:
+        subprocess.run(["bash", "-c", STOP], cwd=ROOT, capture_output=True, timeout=300)
+        for name in MADE:
+            path = ROOT / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+
+
+def test_readme_commands_run_as_written(readme_server):
+    assert STOP in README.read_text()
+    outputs = []
+    for language, text in readme_blocks():
+        if language == "bash":
+            for command in shell_commands(text):
+                if command.startswith("./scripts/test.sh"):
+                    continue  # this very suite; CI runs it
+                outputs.append((command, run(command).stdout))
+        elif language == "python":
+            outputs.append(("python", run([sys.executable, "-c", python_source(text)]).stdout))
+
+    answer = torch.load(_gunzip(ROOT / "saved_file.gzip"), weights_only=True)
+    assert answer["intermediate_gradients"].shape[0] == 50 and answer["tokens"][0] == "[CLS]"
+    summary = next(json.loads(out) for command, out in outputs if "Accept: application/json" in command)
+    assert summary["label"] == "negative" and summary["tokens"][1:5] == ["the", "food", "was", "awful"]
+    workers = next(json.loads(out) for command, out in outputs if command.startswith("curl http://127.0.0.1:8889/models/demo"))
+    assert len(workers[0]["workers"]) == 2
+    index = [json.loads(line) for line in (ROOT / "answers" / "index.jsonl").read_text().splitlines()]
+    assert [record["label"] for record in index] == ["positive", "negative"]
+    assert (ROOT / "attribution.png").stat().st_size > 10_000
+    run(STOP)
+    assert not port_busy(8888)
+
+
+def _gunzip(path: Path):
+    import gzip
+    import io
+
+    with gzip.open(path, "rb") as handle:
+        return io.BytesIO(handle.read())
+
+
+def test_readme_usage_forms_parse():
+    from intgrads.launcher import build_parser
+
+    forms = [text for language, text in readme_blocks() if language == "text"]
+    assert forms
+    for command in shell_commands("\n".join(forms)):
+        words = shlex.split(command.split("  #")[0])
+        assert words[0] == "./scripts/intgrads.sh"
+        build_parser().parse_args(words[1:])
+
+
+def test_readme_flags_match_help():
+    help_text = subprocess.run([sys.executable, "-m", "intgrads.launcher", "--help"], cwd=ROOT, capture_output=True,
+                               text=True, env={**os.environ, "COLUMNS": "110"}, timeout=120).stdout
+    flags_block = next(text for language, text in readme_blocks() if text.startswith("usage: intgrads"))
+    assert flags_block.strip() == help_text.strip()
