@@ -1,0 +1,167 @@
+"""Fixtures for the reliability suite (issue 6): real TorchServe servers on the demo model, started through the
+launcher like tests/serve (each server its own TMPDIR, ports and run directory), one model store shared by them
+so the demo model and its archive are built once; and the per-category tally printed at the end."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+import pytest
+import requests
+import torch
+
+from serve.conftest import Server, free_port_block, launcher_env, post_json, run_launcher
+
+DEMO = "demo"
+REFERENCE = {"sequence": "the acting was wonderful but the plot was thin.", "n_steps": 8}
+
+# category -> [cases tried, cases passed]; filled by the tests through the ``tally`` fixture
+TALLY: "OrderedDict[str, list]" = OrderedDict()
+FIGURES: list = []   # lines printed under the table (latencies...)
+CATEGORIES = ("1 bad input", "2 load", "3 faults", "4 determinism", "5 security")
+
+
+class Tally:
+    def __init__(self, category: str):
+        self.category = category
+        TALLY.setdefault(category, [0, 0])
+
+    def case(self, passed: bool) -> bool:
+        TALLY[self.category][0] += 1
+        TALLY[self.category][1] += int(bool(passed))
+        return passed
+
+
+@pytest.fixture
+def tally():
+    return Tally
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not TALLY:
+        return
+    write = terminalreporter.write_line
+    terminalreporter.section("reliability summary (issue 6)")
+    write(f"{'category':<16} {'cases tried':>11} {'passed':>7}")
+    order = sorted(TALLY, key=lambda c: CATEGORIES.index(c) if c in CATEGORIES else 99)
+    for category in order:
+        tried, passed = TALLY[category]
+        write(f"{category:<16} {tried:>11} {passed:>7}")
+    write(f"{'total':<16} {sum(v[0] for v in TALLY.values()):>11} {sum(v[1] for v in TALLY.values()):>7}")
+    for line in FIGURES:
+        write(line)
+
+
+# ------------------------------------------------------------------------------------------------ servers
+def decompressed(response: requests.Response) -> bytes:
+    """The raw torch.save bytes of a gzip answer."""
+    assert response.status_code == 200, (response.status_code, response.text[:300])
+    assert response.headers["Content-Type"].startswith("application/gzip")
+    return gzip.decompress(response.content)
+
+
+def load(raw: bytes):
+    return torch.load(io.BytesIO(raw), weights_only=True)
+
+
+def same_tensors(a, b) -> bool:
+    """Answers (dicts, or lists of them) equal key by key; tensors bitwise (dtype, shape and bytes)."""
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, type(a)) and len(a) == len(b) and all(same_tensors(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return isinstance(b, dict) and set(a) == set(b) and all(same_tensors(a[k], b[k]) for k in a)
+    if isinstance(a, torch.Tensor):
+        if not (isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape):
+            return False
+        flat_a, flat_b = a.contiguous().reshape(-1), b.contiguous().reshape(-1)
+        if a.dtype.is_floating_point:
+            flat_a, flat_b = flat_a.view(torch.uint8), flat_b.view(torch.uint8)
+        return torch.equal(flat_a, flat_b)
+    return type(a) is type(b) and a == b
+
+
+@pytest.fixture(scope="session")
+def shared_store(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("reliability-store")
+
+
+def launch(home: Path, store: Path, args: list, port: int | None = None, run_dir: Path | None = None,
+           check: bool = True):
+    """Start the launcher in ``home`` (its own TMPDIR, ports, run dir); returns (Server, CompletedProcess)."""
+    tmp = home / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    port = port or free_port_block()
+    run_dir = run_dir or home / "run"
+    env = launcher_env(tmp)
+    started = time.time()
+    result = run_launcher(list(args) + ["-p", port, "--model-store", store, "--run-dir", run_dir], cwd=home, env=env,
+                          timeout=600)
+    output = result.stdout + result.stderr
+    if check and result.returncode != 0:
+        pytest.fail(f"the launcher failed (exit {result.returncode}):\n{output}")
+    server = Server(port=port, run_dir=run_dir, model_store=store, home=home, output=output,
+                    start_seconds=time.time() - started, env=env, models=[DEMO])
+    return server, result
+
+
+@pytest.fixture(scope="session")
+def demo_server(tmp_path_factory, shared_store):
+    """The demo model, one CPU worker, default settings (batch size 1), bound to the default host."""
+    home = tmp_path_factory.mktemp("rel-demo")
+    server, _ = launch(home, shared_store, ["--demo", "--model-name", DEMO])
+    print(f"\n[reliability] demo server up in {server.start_seconds:.1f} s")
+    holder = {"server": server}
+    try:
+        yield holder   # a holder: the restart test replaces the server in it
+    finally:
+        holder["server"].stop()
+
+
+@pytest.fixture(scope="session")
+def demo_bundle(demo_server, shared_store):
+    """The demo model loaded in this process (for checking odd-but-valid answers)."""
+    import intgrads
+    from intgrads.demo import DEMO_NAME
+
+    return intgrads.load_model("hf", shared_store / DEMO_NAME)
+
+
+def answer_of(server: Server, payload: dict, **kwargs) -> bytes:
+    return decompressed(post_json(server.url(DEMO), payload, **kwargs))
+
+
+OPEN = "demo-open"
+OPEN_LIMITS = {"max_steps": 64, "max_tokens": 32, "max_sequences": 3, "max_chars": 2000, "max_body_bytes": 8192}
+
+
+@pytest.fixture(scope="session")
+def open_server(tmp_path_factory, shared_store):
+    """The demo model as ``demo-open`` bound to 0.0.0.0 (token auth on; requests still go to 127.0.0.1 only),
+    from a copy of config.properties with job_queue_size=2, and with small --max-* caps."""
+    from serve.conftest import ROOT
+
+    home = tmp_path_factory.mktemp("rel-open")
+    config = home / "config.properties"
+    lines = [line for line in (ROOT / "config.properties").read_text().splitlines()
+             if not line.startswith("job_queue_size=")]
+    config.write_text("\n".join(lines + ["job_queue_size=2"]) + "\n")
+    args = ["--demo", "--model-name", OPEN, "-h", "0.0.0.0", "--ts-config", config]
+    for name, value in OPEN_LIMITS.items():
+        args += ["--" + name.replace("_", "-"), value]
+    server, _ = launch(home, shared_store, args)
+    server.models = [OPEN]
+    keys = __import__("json").loads((server.run_dir / "key_file.json").read_text())
+    server.keys = {"inference": keys["inference"]["key"], "management": keys["management"]["key"]}
+    print(f"\n[reliability] open server up in {server.start_seconds:.1f} s")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def bearer(key: str) -> dict:
+    return {"Authorization": f"Bearer {key}"}
