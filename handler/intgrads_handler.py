@@ -88,7 +88,12 @@ class IntgradsHandler:
 
             def inside(name):
                 value = settings.get(name)
-                return str(model_dir / value) if value else None
+                if not value:
+                    return None
+                root = model_dir.resolve()
+                if root not in (model_dir / value).resolve().parents:   # "../x" or a link leading out of the archive
+                    raise ValueError(f"the archive's {name} path {value!r} leads outside the archive: not followed")
+                return str(model_dir / value)
 
             started = time.time()
             self.bundle = intgrads.load_model(settings["family"], inside("weights"), config=inside("config"),
@@ -139,6 +144,9 @@ class IntgradsHandler:
                 parsed.append(request)
             except RequestError as error:
                 parsed.append(error)
+            except Exception as error:  # noqa: BLE001 - one unreadable request must not fail the others in its batch
+                logger.exception("intgrads: could not read a request")
+                parsed.append(RequestError(f"could not read the request: {type(error).__name__}: {error}"))
         return parsed
 
     @staticmethod
@@ -174,12 +182,12 @@ class IntgradsHandler:
             if isinstance(request, RequestError):
                 results.append(request)
                 continue
-            started = time.time()
+            started = time.perf_counter()
             extra = {"chunk_tokens": int(self.limits["chunk_tokens"])} if self.limits.get("chunk_tokens") else {}
             try:
                 answer = intgrads.attribute(self.bundle, request.sequences[0] if request.single else request.sequences,
                                             max_tokens=self._max_tokens(), **request.options, **extra)
-                results.append((request, answer))
+                results.append((request, answer, time.perf_counter() - started))
             except ValueError as error:
                 results.append(RequestError(str(error)))
             except torch.cuda.OutOfMemoryError:
@@ -194,7 +202,7 @@ class IntgradsHandler:
                 results.append(RequestError(f"internal error: {type(error).__name__}: {error}", status=500))
             else:
                 logger.info("intgrads: %d sentence(s), %d steps, %s in %.2f s", len(request.sequences),
-                            request.options["n_steps"], request.options["method"], time.time() - started)
+                            request.options["n_steps"], request.options["method"], time.perf_counter() - started)
         return results
 
     def _free_memory(self):
@@ -209,7 +217,8 @@ class IntgradsHandler:
                 if isinstance(result, RequestError):
                     out.append(self._error(context, index, result))
                     continue
-                request, answer = result
+                request, answer, engine_seconds = result
+                encode_started = time.perf_counter()
                 if request.want_json:
                     summary = (intgrads.summarize_answer(answer) if request.single
                                else [intgrads.summarize_answer(item) for item in answer])
@@ -217,7 +226,11 @@ class IntgradsHandler:
                     out.append(json.dumps(summary))
                 else:
                     self._set(context, index, 200, "OK", GZIP_TYPE)
-                    out.append(intgrads.encode_answer(answer))
+                    encoding = request.encoding or {}
+                    dtype = encoding.get("dtype")
+                    out.append(intgrads.encode_answer(answer, outputs=encoding.get("outputs"),
+                                                      dtype=None if dtype in (None, "float32") else dtype))
+                self._timing_headers(context, index, engine_seconds, time.perf_counter() - encode_started)
             except Exception as error:  # noqa: BLE001
                 logger.exception("intgrads: could not encode the answer")
                 out.append(self._error(context, index, RequestError(
@@ -227,6 +240,17 @@ class IntgradsHandler:
     def _error(self, context, index, error: RequestError) -> str:
         self._set(context, index, error.status, error.message[:200], JSON_TYPE)
         return json.dumps(error.to_json())
+
+    @staticmethod
+    def _timing_headers(context, index, engine_seconds, encode_seconds):
+        """X-Intgrads-Engine-Ms / X-Intgrads-Encode-Ms: the worker's own time for this request."""
+        if context is None:
+            return
+        try:
+            context.set_response_header(index, "X-Intgrads-Engine-Ms", f"{engine_seconds * 1e3:.1f}")
+            context.set_response_header(index, "X-Intgrads-Encode-Ms", f"{encode_seconds * 1e3:.1f}")
+        except Exception:  # noqa: BLE001 - a bare Context without request processors
+            pass
 
     @staticmethod
     def _set(context, index, status, phrase, content_type):

@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from .request import DTYPE_NAMES, OUTPUT_NAMES
+
 try:  # the same gzip format, written by ISA-L
     from isal import igzip as _gzip
 
@@ -22,8 +24,42 @@ except ImportError:  # pragma: no cover - isal is a declared dependency
     GZIP_LEVEL = 1
 
 
-def encode_answer(obj: Any) -> bytes:
-    """Serialise an answer (or a list of answers) to gzip-compressed ``torch.save`` bytes."""
+# OUTPUT_NAMES: the answer keys a client may choose with a request's "outputs" (the small metadata keys --
+# target, n_steps, method, baseline, keep_special_tokens, layer, truncated, family, layout, label_names --
+# are always kept). DTYPES: the float dtypes an answer may be sent in ("dtype"; float32 is as computed).
+DTYPES = {"float32": torch.float32, "float16": torch.float16}
+assert tuple(DTYPES) == DTYPE_NAMES
+
+
+def prepare_answer(obj: Any, *, outputs=None, dtype: str | None = None) -> Any:
+    """An answer (or list of answers) reduced to the keys in ``outputs`` (None: all; metadata keys are
+    always kept) with its floating-point tensors cast to ``dtype`` ("float32" or "float16"; None: as is).
+    Raises ValueError naming the allowed values for an unknown output name or dtype."""
+    if isinstance(obj, list):
+        return [prepare_answer(item, outputs=outputs, dtype=dtype) for item in obj]
+    if outputs is not None:
+        unknown = [name for name in outputs if name not in OUTPUT_NAMES]
+        if unknown:
+            raise ValueError(f"unknown output(s) {', '.join(map(repr, unknown))}; outputs may name "
+                             f"{', '.join(OUTPUT_NAMES)}")
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
+    target = DTYPES.get(dtype)
+    out = {}
+    for key, value in obj.items():
+        if outputs is not None and key in OUTPUT_NAMES and key not in outputs:
+            continue
+        if target is not None and isinstance(value, torch.Tensor) and value.is_floating_point():
+            value = value.to(target)
+        out[key] = value
+    return out
+
+
+def encode_answer(obj: Any, *, outputs=None, dtype: str | None = None) -> bytes:
+    """Serialise an answer (or a list of answers) to gzip-compressed ``torch.save`` bytes; ``outputs`` and
+    ``dtype`` select keys and cast floats first (see :func:`prepare_answer`)."""
+    if outputs is not None or dtype is not None:
+        obj = prepare_answer(obj, outputs=outputs, dtype=dtype)
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     return _gzip.compress(buffer.getbuffer(), compresslevel=GZIP_LEVEL)

@@ -26,7 +26,13 @@ from .quadrature import METHODS, min_steps
 # The option fields a request may carry besides the sentence(s).
 OPTION_FIELDS = ("target", "n_steps", "method", "baseline", "keep_special_tokens", "internal_batch_size")
 TEXT_FIELDS = ("sequence", "sequences")
-ALLOWED_FIELDS = TEXT_FIELDS + OPTION_FIELDS
+# How the answer is sent (not engine options): "dtype" of its float tensors, and which "outputs" it holds.
+ENCODING_FIELDS = ("dtype", "outputs")
+ALLOWED_FIELDS = TEXT_FIELDS + OPTION_FIELDS + ENCODING_FIELDS
+# The answer keys "outputs" may name (the small metadata keys are always sent) and the "dtype" values.
+OUTPUT_NAMES = ("integrated_gradients", "intermediate_gradients", "step_sizes", "intermediates", "tokens",
+                "input_ids", "token_attributions", "logits", "convergence_delta")
+DTYPE_NAMES = ("float32", "float16")
 EXAMPLE_SENTENCE = "This is the sequence that you want to get the sentiment of"
 
 DEFAULT_OPTIONS = {"target": 1, "n_steps": 50, "method": "gausslegendre", "baseline": "zero",
@@ -55,6 +61,7 @@ class Request:
     options: dict            # target, n_steps, method, baseline, keep_special_tokens, internal_batch_size
     want_json: bool = False  # JSON summary instead of the gzip answer
     given: list = field(default_factory=list)   # the option names the client set
+    encoding: dict = field(default_factory=dict)  # {"dtype": "float32"|"float16", "outputs": list|None}
 
 
 def usage_curl(url: str = "http://127.0.0.1:8888/predictions/MODEL") -> str:
@@ -142,6 +149,9 @@ def _body_fields(parts: dict, headers: dict, url: str) -> tuple[dict, bool]:
     except json.JSONDecodeError as error:
         raise RequestError(f"the body is not valid JSON ({error.msg} at line {error.lineno} column {error.colno}); "
                            f"e.g. {usage_curl(url)}", usage=usage_curl(url)) from None
+    except (ValueError, RecursionError) as error:   # nested too deeply, or an integer literal too long for Python
+        what = "nested too deeply" if isinstance(error, RecursionError) else str(error).split(";")[0]
+        raise RequestError(f"the body is not valid JSON here ({what})") from None
     if not isinstance(decoded, dict):
         raise RequestError("the JSON body must be an object like {\"sequence\": \"...\"}; "
                            f"got {_json_type(decoded)}")
@@ -187,10 +197,17 @@ def _form_value(name: str, value):
         if text.lower() in ("false", "0", "no", "off", ""):
             return False
         raise RequestError(f"keep_special_tokens must be true or false; got {text!r}")
+    if name == "outputs":   # a form sends "a,b" (or a JSON list)
+        if text.startswith("["):
+            try:
+                return json.loads(text)
+            except (ValueError, RecursionError):
+                raise RequestError("outputs in a form must be a comma-separated list or a JSON list of strings") from None
+        return [part.strip() for part in text.split(",") if part.strip()]
     if name == "sequences":
         try:
             return json.loads(text)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             raise RequestError("sequences in a form must be a JSON list of strings") from None
     return _decode_text(value, f"field {name!r}")
 
@@ -227,6 +244,11 @@ def _check_text(fields: dict, limits: dict) -> tuple[list, bool]:
             raise RequestError(f"{where} must be a string; got {_json_type(item)}")
         if "\x00" in item:
             raise RequestError(f"{where} contains a NUL character")
+        try:
+            item.encode("utf-8")
+        except UnicodeEncodeError as error:   # a lone surrogate ("\ud800" in JSON): the tokenizer cannot read it
+            raise RequestError(f"{where} is not valid Unicode text (an unpaired surrogate at character {error.start}): "
+                               "send UTF-8 text") from None
         if not item.strip():
             raise RequestError(f"{where} is empty: send the sentence to attribute")
         if len(item) > limits["max_chars"]:
@@ -261,6 +283,27 @@ def check_options(options: dict, *, num_labels: int, limits: dict) -> None:
     size = options["internal_batch_size"]
     if size is not None and not (_is_int(size) and size >= 1):
         raise RequestError(f"internal_batch_size must be a positive integer or null; got {_show(size)}")
+
+
+def check_encoding(fields: dict) -> dict:
+    """The request's ``dtype`` (default float32) and ``outputs`` (default None: every key), checked."""
+    dtype = fields.get("dtype", "float32")
+    if not isinstance(dtype, str) or dtype not in DTYPE_NAMES:
+        raise RequestError(f"dtype must be one of {', '.join(DTYPE_NAMES)}; got {_show(dtype)}")
+    outputs = fields.get("outputs")
+    if outputs is not None:
+        if not isinstance(outputs, list) or not all(isinstance(name, str) for name in outputs):
+            raise RequestError(f"outputs must be a list of answer keys from {', '.join(OUTPUT_NAMES)}; "
+                               f"got {_show(outputs)}")
+        if not outputs:
+            raise RequestError(f"outputs is an empty list: name at least one of {', '.join(OUTPUT_NAMES)}")
+        unknown = [name for name in outputs if name not in OUTPUT_NAMES]
+        if unknown:
+            shown = ", ".join(_show(name) for name in unknown[:5])
+            raise RequestError(f"unknown output(s) {shown}; outputs may name {', '.join(OUTPUT_NAMES)} "
+                               "(the settings keys are always sent)")
+        outputs = list(dict.fromkeys(outputs))
+    return {"dtype": dtype, "outputs": outputs}
 
 
 def _jsonable(value) -> bool:
@@ -310,7 +353,8 @@ def parse_request(parts, headers=None, *, model_name: str = "MODEL", num_labels:
     for name in given:
         options[name] = fields[name]
     check_options(options, num_labels=num_labels, limits=limits)
-    return Request(sequences=sequences, single=single, options=options, want_json=wants_json(headers, explain),
+    encoding = check_encoding(fields)
+    return Request(encoding=encoding, sequences=sequences, single=single, options=options, want_json=wants_json(headers, explain),
                    given=given)
 
 

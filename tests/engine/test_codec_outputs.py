@@ -1,0 +1,88 @@
+"""intgrads.prepare_answer / encode_answer(outputs=..., dtype=...): key selection and float16 answers."""
+
+from __future__ import annotations
+
+import gzip
+import io
+
+import pytest
+import torch
+
+import intgrads
+from intgrads.codec import DTYPES, OUTPUT_NAMES, prepare_answer
+from intgrads.request import DTYPE_NAMES
+
+METADATA = ("target", "n_steps", "method", "baseline", "keep_special_tokens", "layer", "truncated", "family",
+            "layout")
+
+
+@pytest.fixture(scope="module")
+def answer(bundles):
+    return intgrads.attribute(bundles["bert"], "the plot was silly but honest.", n_steps=4)
+
+
+def snippet_load(payload: bytes):
+    """The README's snippet: gzip.open -> BytesIO -> torch.load."""
+    with gzip.open(io.BytesIO(payload), "rb") as handle:
+        return torch.load(io.BytesIO(handle.read()), weights_only=True)
+
+
+def test_names_agree():
+    assert tuple(DTYPES) == DTYPE_NAMES
+    assert set(OUTPUT_NAMES) <= {"integrated_gradients", "intermediate_gradients", "step_sizes", "intermediates",
+                                 "tokens", "input_ids", "token_attributions", "logits", "convergence_delta"}
+
+
+def test_default_is_unchanged(answer):
+    same = prepare_answer(answer)
+    assert list(same) == list(answer) and all(same[key] is answer[key] for key in answer)
+    plain = snippet_load(intgrads.encode_answer(answer))
+    explicit = snippet_load(intgrads.encode_answer(answer, dtype="float32"))
+    for key, value in answer.items():
+        if isinstance(value, torch.Tensor):
+            assert explicit[key].dtype == value.dtype and torch.equal(explicit[key], plain[key]), key
+
+
+def test_outputs_keep_metadata_and_drop_the_rest(answer):
+    kept = snippet_load(intgrads.encode_answer(answer, outputs=["integrated_gradients", "tokens"]))
+    assert set(kept) == {"integrated_gradients", "tokens"} | {k for k in answer if k not in OUTPUT_NAMES}
+    assert set(METADATA) <= set(kept)
+    assert torch.equal(kept["integrated_gradients"], answer["integrated_gradients"])
+    no_intermediates = prepare_answer(answer, outputs=[n for n in OUTPUT_NAMES if n != "intermediates"])
+    assert "intermediates" not in no_intermediates and "intermediate_gradients" in no_intermediates
+
+
+def test_float16_casts_floats_only(answer):
+    half = snippet_load(intgrads.encode_answer(answer, dtype="float16"))
+    assert set(half) == set(answer)
+    for key, value in answer.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            assert half[key].dtype == torch.float16, key
+            torch.testing.assert_close(half[key].float(), value, atol=1e-3, rtol=1e-3)
+        elif isinstance(value, torch.Tensor):
+            assert half[key].dtype == value.dtype and torch.equal(half[key], value), key
+        else:
+            assert half[key] == value, key
+    assert len(intgrads.encode_answer(answer, dtype="float16")) < len(intgrads.encode_answer(answer))
+
+
+def test_lists_and_bad_values(answer):
+    both = prepare_answer([answer, answer], outputs=["logits"], dtype="float16")
+    assert isinstance(both, list) and len(both) == 2 and both[0]["logits"].dtype == torch.float16
+    assert "integrated_gradients" not in both[1]
+    with pytest.raises(ValueError, match="outputs may name integrated_gradients"):
+        prepare_answer(answer, outputs=["attention"])
+    with pytest.raises(ValueError, match="dtype must be one of float32, float16"):
+        prepare_answer(answer, dtype="bfloat16")
+
+
+def test_import_and_launcher_help_do_not_import_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, intgrads, intgrads.launcher as l\n"
+            "try:\n    l.main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('torch', 'transformers', 'numpy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout
+    assert out.strip().splitlines()[-1] == "[]"
+    assert callable(intgrads.encode_answer) and "prepare_answer" in dir(intgrads)

@@ -1,0 +1,84 @@
+"""End to end: the opt-in "dtype" and "outputs" request fields, their 4xx errors, and the worker's timing headers."""
+
+from __future__ import annotations
+
+import pytest
+import requests
+import torch
+
+from intgrads.request import OUTPUT_NAMES
+
+from .conftest import post_json
+from .test_serve_answers import assert_same_answer, decode
+
+SENTENCE = "the acting was wooden but the score is lovely."
+
+
+def test_default_answer_has_every_key_in_float32(server, direct):
+    response = post_json(server.url("bert"), {"sequence": SENTENCE, "n_steps": 6})
+    served = decode(response)
+    assert_same_answer(served, direct("bert", SENTENCE, n_steps=6))
+    assert served["intermediates"].dtype == torch.float32
+
+
+def test_float16_answer(server, direct):
+    response = post_json(server.url("bert"), {"sequence": SENTENCE, "n_steps": 6, "dtype": "float16"})
+    served = decode(response)
+    expected = direct("bert", SENTENCE, n_steps=6)
+    assert set(served) == set(expected)
+    for key, value in expected.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            assert served[key].dtype == torch.float16, key
+            torch.testing.assert_close(served[key].float(), value, atol=2e-3, rtol=2e-3)
+        elif isinstance(value, torch.Tensor):
+            assert served[key].dtype == value.dtype and torch.equal(served[key], value), key
+    full = post_json(server.url("bert"), {"sequence": SENTENCE, "n_steps": 6})
+    assert len(response.content) < len(full.content)
+
+
+def test_outputs_drop_intermediates_and_keep_settings(server, direct):
+    wanted = [name for name in OUTPUT_NAMES if name != "intermediates"]
+    served = decode(post_json(server.url("bert"), {"sequence": SENTENCE, "n_steps": 6, "outputs": wanted}))
+    expected = direct("bert", SENTENCE, n_steps=6)
+    expected.pop("intermediates")
+    assert_same_answer(served, expected)
+
+
+def test_outputs_list_of_sequences_and_form(server):
+    served = decode(post_json(server.url("bert"), {"sequences": [SENTENCE, "fine."], "n_steps": 3,
+                                                   "outputs": ["token_attributions"], "dtype": "float16"}))
+    assert isinstance(served, list) and len(served) == 2
+    for item in served:
+        assert "token_attributions" in item and item["token_attributions"].dtype == torch.float16
+        assert not {"integrated_gradients", "intermediates", "intermediate_gradients", "tokens"} & set(item)
+        assert item["n_steps"] == 3 and item["method"] == "gausslegendre"
+    form = requests.post(server.url("bert"), data={"sequence": SENTENCE, "n_steps": "3",
+                                                   "outputs": "integrated_gradients,tokens"}, timeout=300)
+    answer = decode(form)
+    assert "integrated_gradients" in answer and "intermediates" not in answer
+
+
+@pytest.mark.parametrize("payload, words", [
+    ({"dtype": "float64"}, "dtype must be one of float32, float16"),
+    ({"dtype": 16}, "dtype must be one of"),
+    ({"outputs": ["attention"]}, "outputs may name integrated_gradients"),
+    ({"outputs": "tokens"}, "outputs must be a list"),
+    ({"outputs": []}, "outputs is an empty list"),
+    ({"outputs": [1]}, "outputs must be a list"),
+], ids=["dtype-64", "dtype-number", "outputs-unknown", "outputs-string", "outputs-empty", "outputs-number"])
+def test_bad_encoding_fields(server, payload, words):
+    response = post_json(server.url("bert"), {"sequence": SENTENCE, "n_steps": 3, **payload})
+    assert response.status_code == 400, response.text
+    assert words in response.json()["error"]
+    assert response.headers["Content-Type"].startswith("application/json")
+
+
+def test_timing_headers(server):
+    response = post_json(server.url("bert"), {"sequence": SENTENCE, "n_steps": 6})
+    decode(response)
+    engine = float(response.headers["X-Intgrads-Engine-Ms"])
+    encode = float(response.headers["X-Intgrads-Encode-Ms"])
+    assert engine > 0 and encode >= 0
+    summary = post_json(server.url("bert"), {"sequence": SENTENCE, "n_steps": 6},
+                        headers={"Accept": "application/json"})
+    assert summary.status_code == 200 and float(summary.headers["X-Intgrads-Engine-Ms"]) > 0
