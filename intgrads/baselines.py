@@ -15,7 +15,6 @@ keep the input's word vectors; padding positions always do.
 
 from __future__ import annotations
 
-import torch
 
 TOKEN_BASELINES = ("pad", "unk", "mask", "period")
 RANDOM_BASELINES = ("rand-unif", "rand-norm")
@@ -25,6 +24,8 @@ RANDOM_SEED = 20_170_301  # fixed: the same random baseline everywhere, always
 
 def random_vector(kind: str, size: int) -> torch.Tensor:
     """The fixed-seed float32 vector of ``size`` used by the ``rand-unif`` / ``rand-norm`` baselines."""
+    import torch  # lazily: the launcher reads BASELINES without importing torch
+
     generator = torch.Generator().manual_seed(RANDOM_SEED)
     if kind == "rand-unif":
         return torch.rand(size, generator=generator)
@@ -48,6 +49,8 @@ def baseline_token_id(tokenizer, baseline: str) -> int:
 
 def baseline_word_vector(bundle, baseline: str) -> torch.Tensor:
     """The word-space vector ``v`` of ``baseline`` for ``bundle``'s model, on its device."""
+    import torch  # lazily: the launcher reads BASELINES without importing torch
+
     embedding = bundle.word_embedding
     size = embedding.weight.shape[1]
     device = embedding.weight.device

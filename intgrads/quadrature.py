@@ -23,8 +23,6 @@ need n >= 2, Gauss-Legendre n >= 1.
 
 from __future__ import annotations
 
-import numpy as np
-import torch
 
 RIEMANN_METHODS = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
 METHODS = ("gausslegendre",) + RIEMANN_METHODS
@@ -37,6 +35,9 @@ def min_steps(method: str) -> int:
 
 def step_sizes_and_alphas(method: str, n_steps: int) -> tuple[list[float], list[float]]:
     """Return ``(step_sizes, alphas)``, two lists of ``n_steps`` floats, for ``method``."""
+    import numpy as np  # here, not at the top: the launcher reads METHODS without importing numpy/torch
+    import torch
+
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
     if n_steps < min_steps(method):
