@@ -88,6 +88,12 @@ def default_config_properties() -> Path | None:
 
 
 # ---------------------------------------------------------------------------------------------- arguments
+# Tokens per forward/backward chunk when a request sets no internal_batch_size (scripts/bench.py part 4,
+# docs/benchmarks.md): 3200 = 64 tokens x 50 steps in one pass; a 512-token bert-base request (6 rows a
+# chunk) peaks at ~3.4 GB RSS on CPU, against > 10 GB all at once.
+DEFAULT_CHUNK_TOKENS = 3200
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="intgrads", add_help=False, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -150,9 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="most sentences in one request's \"sequences\" (default 16)")
     limits.add_argument("--max-chars", type=int, default=100_000, metavar="N",
                         help="longest sentence accepted, in characters (default 100000)")
-    limits.add_argument("--chunk-tokens", type=int, default=None, metavar="N",
+    limits.add_argument("--chunk-tokens", type=int, default=DEFAULT_CHUNK_TOKENS, metavar="N",
                         help="bound memory: at most N (padded) tokens per forward/backward chunk when a request "
-                             "sets no internal_batch_size (default: all steps at once)")
+                             f"sets no internal_batch_size (default {DEFAULT_CHUNK_TOKENS}: 64 tokens x 50 steps in "
+                             "one pass, a 512-token bert-base request under 4 GB on CPU; 0: all steps at once)")
     limits.add_argument("--max-body-bytes", type=int, default=1_048_576, metavar="N",
                         help="largest request body accepted, in bytes (default 1 MB)")
     limits.add_argument("--response-timeout", type=int, default=None, metavar="S",
@@ -570,6 +577,16 @@ def tokenizer_file_list(directory: Path) -> list[Path]:
                    and not item.name.endswith(WEIGHT_SUFFIXES) and item.name not in SKIPPED_NAMES)
     if not files:
         raise LaunchError(f"--tokenizer {directory}: the directory holds no tokenizer files")
+    # A link that leads out of the directory is not followed (nor packed into the archive); a Hugging Face cache
+    # snapshot (snapshots/<rev>/NAME -> ../../blobs/HASH) may point into its own blobs/ folder.
+    roots = [directory.resolve()]
+    if directory.resolve().parent.name == "snapshots":
+        roots.append(directory.resolve().parent.parent / "blobs")
+    for item in files:
+        target = item.resolve()
+        if not any(target == root or root in target.parents for root in roots):
+            raise LaunchError(f"--tokenizer {directory}: {item.name} leads outside the directory (to {target}); "
+                              "copy the file into the tokenizer directory instead of linking to it", code=2)
     return files
 
 
@@ -860,7 +877,7 @@ def _live_worker_pids(state: dict, paths: RunPaths) -> set:
         try:
             described = http_json(f"{base}/models/{name}", token=key, timeout=3)
             for worker in (described[0].get("workers") or []):
-                if worker.get("pid"):
+                if int(worker.get("pid") or 0) > 0:   # -1: a worker not started yet
                     pids.add(int(worker["pid"]))
         except (urllib.error.URLError, OSError, ValueError, IndexError, AttributeError):
             pass
@@ -917,8 +934,8 @@ def start(args) -> int:
                         ("--max-chars", args.max_chars), ("--max-body-bytes", args.max_body_bytes)):
         if value < 1:
             raise LaunchError(f"{flag} must be at least 1", code=2)
-    if args.chunk_tokens is not None and args.chunk_tokens < 1:
-        raise LaunchError("--chunk-tokens must be at least 1", code=2)
+    if args.chunk_tokens is not None and args.chunk_tokens < 0:
+        raise LaunchError("--chunk-tokens must be 0 (all steps at once) or more", code=2)
     if args.max_batch_delay < 0:
         raise LaunchError("--max-batch-delay must be 0 or more", code=2)
     ports = choose_ports(args)
@@ -1004,7 +1021,7 @@ def start(args) -> int:
     except KeyboardInterrupt:
         stop_server(paths, quiet=True)
         raise
-    state["worker_pids"] = sorted({int(w["pid"]) for v in info.values() for w in v["workers"] if w.get("pid")})
+    state["worker_pids"] = sorted({int(w["pid"]) for v in info.values() for w in v["workers"] if int(w.get("pid") or 0) > 0})
     state["ready_at"] = time.time()
     paths.state.write_text(json.dumps(state, indent=1), encoding="utf-8")
 
