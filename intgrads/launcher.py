@@ -675,6 +675,8 @@ def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
 
 
 def _pid_alive(pid: int) -> bool:
+    if pid <= 0:   # os.kill(-1 or 0, ...) would address whole process groups
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
