@@ -53,6 +53,8 @@ from typing import Iterable
 import requests
 import urllib3
 
+from .launcher import pid_alive
+
 INDEX_NAME = "index.jsonl"
 OPTION_KEYS = ("target", "n_steps", "method", "baseline")
 FATAL_STATUSES = (401, 403, 404)
@@ -566,7 +568,7 @@ def _lock_output(output: Path) -> Path:
                 host, pid = str(holder["host"]), int(holder["pid"])
             except (OSError, ValueError, KeyError, TypeError):
                 host, pid = "?", -1
-            if host == socket.gethostname() and not _alive(pid):
+            if host == socket.gethostname() and not pid_alive(pid):
                 path.unlink(missing_ok=True)   # its client is gone
                 continue
             raise OutputBusy(f"another intgrads-client (pid {pid} on {host}) is writing into {output}; "
@@ -575,18 +577,6 @@ def _lock_output(output: Path) -> Path:
             handle.write(mine)
         return path
     raise OutputBusy(f"cannot lock {output}: delete {path}")
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def read_index(path) -> dict[int, dict]:

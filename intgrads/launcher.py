@@ -674,7 +674,7 @@ def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(text[-lines:])
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     if pid <= 0:   # os.kill(-1 or 0, ...) would address whole process groups
         return False
     try:
@@ -756,7 +756,7 @@ def server_pid(paths: RunPaths) -> int | None:
         pid = int(paths.pid_file.read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return None
-    if _pid_alive(pid) and "org.pytorch.serve.ModelServer" in _cmdline(pid):
+    if pid_alive(pid) and "org.pytorch.serve.ModelServer" in _cmdline(pid):
         return pid
     return None
 
@@ -791,7 +791,7 @@ def wait_ready(paths: RunPaths, pid: int, host: str, ports: Ports, models: dict,
     deadline = time.time() + timeout
     last = {}
     while True:
-        if not _pid_alive(pid):
+        if not pid_alive(pid):
             raise LaunchError("TorchServe exited during startup; see the log below (a port taken by another "
                               "program, or a bad config.properties, are the usual causes)", log_tail=log_tails(paths))
         errors = load_errors(paths, log_offset)
@@ -848,11 +848,11 @@ def stop_server(paths: RunPaths, quiet: bool = False, timeout: float = 60) -> bo
     worker_pids |= _live_worker_pids(state, paths)
     os.kill(pid, signal.SIGTERM)
     deadline = time.time() + timeout
-    while _pid_alive(pid) and time.time() < deadline:
+    while pid_alive(pid) and time.time() < deadline:
         time.sleep(0.2)
-    if _pid_alive(pid):
+    if pid_alive(pid):
         os.kill(pid, signal.SIGKILL)
-        while _pid_alive(pid) and time.time() < deadline + 10:
+        while pid_alive(pid) and time.time() < deadline + 10:
             time.sleep(0.2)
     _kill_workers(worker_pids)
     for leftover in (paths.pid_file, paths.run_dir / "key_file.json"):
@@ -888,17 +888,17 @@ def _live_worker_pids(state: dict, paths: RunPaths) -> set:
 
 def _kill_workers(pids):
     """TorchServe's Python workers, should any outlive the frontend (only processes that are workers)."""
-    alive = [pid for pid in pids if _pid_alive(pid) and "model_service_worker" in _cmdline(pid)]
+    alive = [pid for pid in pids if pid_alive(pid) and "model_service_worker" in _cmdline(pid)]
     for pid in alive:
         try:
             os.kill(pid, signal.SIGTERM)
         except OSError:
             pass
     deadline = time.time() + 10
-    while any(_pid_alive(pid) for pid in alive) and time.time() < deadline:
+    while any(pid_alive(pid) for pid in alive) and time.time() < deadline:
         time.sleep(0.2)
     for pid in alive:
-        if _pid_alive(pid):
+        if pid_alive(pid):
             try:
                 os.kill(pid, signal.SIGKILL)
             except OSError:
@@ -1062,11 +1062,11 @@ def start(args) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        while _pid_alive(pid) and not stopping["flag"]:
+        while pid_alive(pid) and not stopping["flag"]:
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass
-    if _pid_alive(pid):
+    if pid_alive(pid):
         stop_server(paths)
         return 0
     try:
