@@ -157,18 +157,22 @@ class IntgradsHandler:
             return {}
 
     def _check_answer_size(self, request):
+        """413 before any work when the answer (for its dtype and outputs) would pass max_response_size."""
         tokenizer = self.bundle.tokenizer
         max_tokens = self._max_tokens()
         hidden = int(self.bundle.word_embedding.weight.shape[1])
+        encoding = request.encoding or {}
+        dtype, outputs = encoding.get("dtype") or "float32", encoding.get("outputs")
+        steps = request.options["n_steps"]
         lengths = [min(len(ids), max_tokens) for ids in tokenizer(request.sequences, add_special_tokens=True)["input_ids"]]
-        total = sum(estimate_answer_bytes(length, hidden, request.options["n_steps"]) for length in lengths)
+        total = sum(estimate_answer_bytes(length, hidden, steps, dtype=dtype, outputs=outputs) for length in lengths)
         limit = int(self.limits["max_response_bytes"])
         if total > limit * 0.95:
             raise RequestError(
                 f"the answer would hold about {total / 1e6:.0f} MB ({sum(lengths)} tokens x {hidden} x "
-                f"{request.options['n_steps']} steps x 2 tensors), more than this server sends "
-                f"({limit / 1e6:.0f} MB, max_response_size): ask for fewer n_steps, shorter text or fewer "
-                "sequences, or use Accept: application/json for the summary", status=413)
+                f"{steps} steps, {dtype}), more than this server sends ({limit / 1e6:.0f} MB, max_response_size): "
+                "ask for fewer n_steps, shorter text or fewer sequences, \"dtype\": \"float16\", \"outputs\" "
+                "without intermediates, or use Accept: application/json for the summary", status=413)
 
     def _max_tokens(self) -> int:
         limit = int(self.limits["max_tokens"])

@@ -358,7 +358,15 @@ def parse_request(parts, headers=None, *, model_name: str = "MODEL", num_labels:
                    given=given)
 
 
-def estimate_answer_bytes(n_tokens: int, hidden: int, n_steps: int) -> int:
-    """Bytes of one answer's tensors before gzip (float32): intermediates and intermediate gradients
-    (n_steps x tokens x hidden each), the integrated gradients and small ones."""
-    return 4 * (n_tokens * hidden * (2 * n_steps + 1) + n_steps + 2 * n_tokens) + 64 * n_tokens + 4096
+def estimate_answer_bytes(n_tokens: int, hidden: int, n_steps: int, *, dtype: str = "float32", outputs=None) -> int:
+    """Bytes of one answer's tensors before gzip, for the ``dtype`` (4 bytes an element for float32, 2 for
+    float16) and the ``outputs`` asked for (None: all): intermediates and intermediate gradients
+    (n_steps x tokens x hidden each), the integrated gradients (tokens x hidden) and small ones."""
+    size = 2 if dtype == "float16" else 4
+
+    def kept(name):
+        return outputs is None or name in outputs
+
+    big = n_tokens * hidden * (n_steps * (kept("intermediates") + kept("intermediate_gradients"))
+                               + kept("integrated_gradients"))
+    return size * (big + n_steps + 2 * n_tokens) + 64 * n_tokens + 4096

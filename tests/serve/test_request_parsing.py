@@ -55,3 +55,17 @@ def test_errors_name_the_problem_and_show_the_curl():
 def test_answer_size_estimate():
     # xlnet-large, 512 tokens, 50 steps: two (50, 512, 1024) float32 tensors, about 210 MB
     assert 209e6 < estimate_answer_bytes(512, 1024, 50) < 216e6
+
+
+def test_answer_size_estimate_follows_dtype_and_outputs():
+    # hand formula: float elements x bytes each, plus the fixed small part (64 bytes a token, 4096)
+    tokens, hidden, steps = 100, 768, 50
+    small = 64 * tokens + 4096
+    full = 4 * (tokens * hidden * (2 * steps + 1) + steps + 2 * tokens) + small
+    assert estimate_answer_bytes(tokens, hidden, steps) == full
+    assert estimate_answer_bytes(tokens, hidden, steps, dtype="float16") == 2 * (full - small) // 4 + small
+    no_intermediates = ["integrated_gradients", "intermediate_gradients", "step_sizes", "tokens"]
+    assert estimate_answer_bytes(tokens, hidden, steps, outputs=no_intermediates) == \
+        4 * (tokens * hidden * (steps + 1) + steps + 2 * tokens) + small
+    assert estimate_answer_bytes(tokens, hidden, steps, dtype="float16", outputs=["integrated_gradients"]) == \
+        2 * (tokens * hidden + steps + 2 * tokens) + small

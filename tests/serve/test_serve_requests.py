@@ -105,6 +105,42 @@ def test_answer_too_big_is_refused_before_computing(server):
     response = post_json(server.url("bert"), payload)
     assert response.status_code == 413, response.text[:300]
     assert "max_response_size" in response.json()["error"]
+    assert "float16" in response.json()["error"]
+
+
+def test_answer_size_guard_counts_dtype_and_outputs(engine_bundles):
+    """The handler's guard sizes the answer that will be sent. Its preprocess step, run in this process on the
+    archived bert model (hidden 384) with max_response_size set to 6 MB, for 4 x 40-token sentences at 50 steps
+    (hand sizes: 40 x 384 x 50 elements a big tensor): float32 with every output is 4 x 12.3 MB, float16 4 x 6.2 MB,
+    float16 gradients only 4 x 1.6 MB (all refused with 413); float16 integrated gradients only is 4 x 34 kB."""
+    import importlib.util
+
+    from serve.conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("intgrads_handler_guard", ROOT / "handler" / "intgrads_handler.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    handler = module.IntgradsHandler()
+    handler.bundle = engine_bundles["bert"]
+    handler.limits["max_response_bytes"] = 6_000_000
+    sentence = " ".join(["good"] * 38)           # 40 tokens with [CLS] and [SEP]
+
+    def check(**fields):
+        body = json.dumps({"sequences": [sentence] * 4, "n_steps": 50, **fields}).encode()
+        (parsed,) = handler.preprocess([{"body": body}], None)
+        return parsed
+
+    hidden = int(handler.bundle.word_embedding.weight.shape[1])
+    assert hidden == 384
+    refused = check()
+    assert isinstance(refused, module.RequestError) and refused.status == 413, refused
+    assert "max_response_size" in refused.message and "float16" in refused.message
+    assert isinstance(check(dtype="float16"), module.RequestError)         # 4 x 3.1 MB: still over 6 MB
+    single = check(dtype="float16", outputs=["integrated_gradients", "intermediate_gradients"])
+    assert isinstance(single, module.RequestError)                          # 4 x 1.5 MB = 6.2 MB: over 95 %
+    small = check(dtype="float16", outputs=["integrated_gradients", "step_sizes", "tokens"])
+    assert not isinstance(small, module.RequestError), small
+    assert small.encoding == {"dtype": "float16", "outputs": ["integrated_gradients", "step_sizes", "tokens"]}
 
 
 def _describe_ready(server, model):
