@@ -125,7 +125,11 @@ class IntgradsHandler:
         threads = int(value)
         if threads <= 0:
             workers = max(1, int(yaml_config.get("minWorkers") or 1))
-            threads = max(1, (os.cpu_count() or 1) // workers)
+            try:
+                cores = len(os.sched_getaffinity(0))
+            except (AttributeError, OSError):
+                cores = os.cpu_count() or 1
+            threads = max(1, cores // workers)
         return threads
 
     # ------------------------------------------------------------------ request cycle

@@ -92,6 +92,34 @@ def default_config_properties() -> Path | None:
 # docs/benchmarks.md): 3200 = 64 tokens x 50 steps in one pass; a 512-token bert-base request (6 rows a
 # chunk) peaks at ~3.4 GB RSS on CPU, against > 10 GB all at once.
 DEFAULT_CHUNK_TOKENS = 3200
+MAX_DEFAULT_CPU_WORKERS = 4
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask; a container's cpuset), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def default_cpu_workers(cores: int, n_models: int = 1) -> int:
+    """CPU workers per model when ``--workers`` is not given: one per core, at most 4 in all, shared among
+    the models (at least one each). Each worker then runs cores / workers torch threads. On the 2-core
+    machine of docs/benchmarks.md, 2 workers x 1 thread gave the most sentences per second whenever several
+    requests are in flight (intgrads-client sends 4 at a time); 1 worker x 2 threads only wins for a client
+    that sends one request at a time (``--workers 1``)."""
+    return max(1, min(cores, MAX_DEFAULT_CPU_WORKERS) // max(1, n_models))
+
+
+def resolve_workers(args, n_models: int, cores: int | None = None) -> int:
+    """Workers per model: --workers-per-gpu x --num-cuda-devs with --cuda, else --workers or the default
+    above; sets ``args.workers`` so that the archives' model-config.yaml records the same number."""
+    if args.cuda:
+        return args.workers_per_gpu * args.num_cuda_devs
+    if args.workers is None:
+        args.workers = default_cpu_workers(usable_cores() if cores is None else cores, n_models)
+    return args.workers
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,8 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --cuda: spread the workers over GPUs 0..N-1 (default 1)")
     device.add_argument("--workers-per-gpu", type=int, default=1, metavar="N",
                         help="with --cuda: workers per GPU and model (default 1)")
-    device.add_argument("--workers", type=int, default=1, metavar="N",
-                        help="on CPU: workers per model (default 1); each uses cores/workers torch threads")
+    device.add_argument("--workers", type=int, default=None, metavar="N",
+                        help="on CPU: workers per model (default: one per core, at most 4 in all, the layout "
+                             "with the most sentences/s; --workers 1 for one request at a time); each uses "
+                             "cores/workers torch threads")
     device.add_argument("--batch-size", type=int, default=1, metavar="N",
                         help="TorchServe batch size: requests handed to a worker at once (default 1)")
     device.add_argument("--max-batch-delay", type=int, default=50, metavar="MS",
@@ -446,10 +476,7 @@ def _newest_mtime(paths) -> float:
 
 
 def archive_settings(spec: ModelSpec, args, tokenizer_in_archive: str | None, config_props: dict) -> dict:
-    if args.cuda:
-        workers = args.workers_per_gpu * args.num_cuda_devs
-    else:
-        workers = args.workers
+    workers = args.workers_per_gpu * args.num_cuda_devs if args.cuda else args.workers
     target = args.target if args.target == "predicted" else int(args.target)
     model_config = {
         "minWorkers": workers,
@@ -929,7 +956,7 @@ def start(args) -> int:
     if args.cuda:
         if args.num_cuda_devs < 1 or args.workers_per_gpu < 1:
             raise LaunchError("--num-cuda-devs and --workers-per-gpu must be at least 1", code=2)
-    elif args.workers < 1:
+    elif args.workers is not None and args.workers < 1:
         raise LaunchError("--workers must be at least 1", code=2)
     for flag, value in (("--batch-size", args.batch_size), ("--max-steps", args.max_steps),
                         ("--max-tokens", args.max_tokens), ("--max-sequences", args.max_sequences),
@@ -956,6 +983,7 @@ def start(args) -> int:
 
     model_store.mkdir(parents=True, exist_ok=True)
     specs = model_specs(args, model_store)
+    workers = resolve_workers(args, len(specs))
     base_config = Path(args.ts_config).expanduser() if args.ts_config else default_config_properties()
     if args.ts_config and not base_config.is_file():
         raise LaunchError(f"--ts-config {args.ts_config}: no such file", code=2)
@@ -973,9 +1001,8 @@ def start(args) -> int:
     props = write_run_config(paths.config, base_props, host=host, ports=ports, model_store=model_store,
                              mar_names=mars, token_auth=token_auth, args=args,
                              source=str(base_config) if base_config else "built-in defaults")
-    workers = (args.workers_per_gpu * args.num_cuda_devs) if args.cuda else args.workers
     total_workers = workers * len(specs)
-    threads = max(1, (os.cpu_count() or 1) // total_workers)
+    threads = max(1, usable_cores() // total_workers)
     env = dict(os.environ)
     env.update({"TMPDIR": str(paths.tmp), "TEMP": str(paths.tmp), "LOG_LOCATION": str(paths.logs),
                 "METRICS_LOCATION": str(paths.logs), "PYTHONUNBUFFERED": "1",

@@ -3,10 +3,13 @@
 
 1. engine vs anchors (captum LIG, the old tool = two captum passes, the floor) at 16/64/256/512 tokens,
    50 steps -- ``scripts/bench_engine.py``'s ``run()``;
-2. end to end over HTTP through TorchServe started with the launcher (64 tokens, 50 steps): client latency
-   split into engine and encoding (the worker's ``X-Intgrads-Engine-Ms`` / ``X-Intgrads-Encode-Ms`` headers)
-   and transfer + queue + client decode (the rest); ratio HTTP / engine;
-3. throughput (sentences/s) with 1 and 2 CPU workers (torch threads = cores / workers) at concurrency 1, 4, 16;
+2. end to end over HTTP through TorchServe started with the launcher (1 worker with every core, 64 tokens,
+   50 steps): client latency split into engine and encoding (the worker's ``X-Intgrads-Engine-Ms`` /
+   ``X-Intgrads-Encode-Ms`` headers), client decode (the README snippet) and transfer + queue (the rest);
+   each request runs beside the same computation in this process, and the ratio HTTP / engine divides
+   the medians of the two;
+3. throughput (sentences/s) with 1 and 2 CPU workers and the launcher's default layout (torch threads =
+   cores / workers) at concurrency 1, 4, 16, and which layout was best at each;
 4. peak memory of one 512-token request (RSS of a fresh subprocess; CUDA peak on a GPU) with
    ``internal_batch_size`` unset and with the launcher's default ``--chunk-tokens`` (and other chunk sizes);
 5. answer size and encode time: float32 vs ``dtype: float16``, all outputs vs without ``intermediates``;
@@ -109,7 +112,7 @@ def free_port() -> int:
 class Server:
     """TorchServe started with the launcher on the seeded model; stopped with ``--stop``."""
 
-    def __init__(self, work: Path, weights: Path, tokenizer: str, workers: int, extra=()):
+    def __init__(self, work: Path, weights: Path, tokenizer: str, workers: int, extra=(), default: bool = False):
         self.port = free_port()
         self.work = work
         self.run_dir = work / f"run-{workers}"
@@ -119,7 +122,8 @@ class Server:
         self.env = env
         cmd = [sys.executable, "-m", "intgrads.launcher", "-bp", str(weights), "--tokenizer", tokenizer,
                "--model-name", "bench", "-p", str(self.port), "--run-dir", str(self.run_dir),
-               "--model-store", str(work / "model_store"), "--workers", str(workers), *extra]
+               "--model-store", str(work / "model_store"), *([] if default else ["--workers", str(workers)]),
+               *extra]
         started = time.time()
         result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
         if result.returncode != 0:
@@ -139,8 +143,12 @@ class Server:
 
 
 def post(url: str, payload: dict) -> dict:
+    """One request as a client makes it: send, receive, decode with the README's snippet (stdlib gzip +
+    ``torch.load``). ``decode_isal`` (not in ``total``): the same bytes through ``intgrads.decode_answer``."""
     import requests
     import torch
+
+    import intgrads
 
     started = time.perf_counter()
     response = requests.post(url, data=json.dumps(payload), headers={"Content-Type": "application/json"}, timeout=1800)
@@ -150,30 +158,76 @@ def post(url: str, payload: dict) -> dict:
     with gzip.open(io.BytesIO(response.content), "rb") as handle:   # the README snippet
         torch.load(io.BytesIO(handle.read()), weights_only=True)
     done = time.perf_counter()
+    intgrads.decode_answer(response.content)
     return {"total": done - started, "receive": received - started, "decode": done - received,
+            "decode_isal": time.perf_counter() - done,
             "engine": float(response.headers["X-Intgrads-Engine-Ms"]) / 1e3,
             "encode": float(response.headers["X-Intgrads-Encode-Ms"]) / 1e3, "bytes": len(response.content)}
 
 
-def part_http(server: Server, sentence: str, steps: int, requests_n: int) -> dict:
+def part_http(server: Server, bundle, sentence: str, steps: int, requests_n: int, chunk_tokens) -> dict:
+    """Requests to a 1-worker server (all cores, like the engine in this process), interleaved with the same
+    computation in this process (same model, sentence, options, chunking and thread count): the HTTP / engine
+    ratio compares times taken side by side, so the machine's drift over the run affects both alike."""
+    import intgrads
+
     payload = {"sequence": sentence, "n_steps": steps}
-    post(server.url, payload)  # warm-up
-    samples = [post(server.url, payload) for _ in range(requests_n)]
+
+    def engine():
+        started = time.perf_counter()
+        intgrads.attribute(bundle, sentence, n_steps=steps, chunk_tokens=chunk_tokens)
+        return time.perf_counter() - started
+
+    post(server.url, payload)  # warm-up, both sides
+    engine()
+    samples, in_process = [], []
+    for _ in range(requests_n):
+        in_process.append(engine())
+        samples.append(post(server.url, payload))
     med = {key: statistics.median(s[key] for s in samples) for key in samples[0]}
-    rest = med["total"] - med["engine"] - med["encode"]
-    return {"requests": requests_n, "steps": steps, "median_seconds": med, "transfer_queue_decode": rest,
-            "http/engine": med["total"] / med["engine"], "samples": samples}
+    engine_med = statistics.median(in_process)
+    rest = med["total"] - med["engine"] - med["encode"] - med["decode"]
+    return {"requests": requests_n, "steps": steps, "median_seconds": med, "in_process_engine": engine_med,
+            "in_process_samples": in_process, "transfer_and_queue": rest,
+            "http/engine": med["total"] / engine_med, "http/worker_engine": med["total"] / med["engine"],
+            "worker_engine/engine": med["engine"] / engine_med, "samples": samples}
 
 
-def print_http(result: dict, engine_seconds: float | None):
+def print_http(result: dict):
     m = result["median_seconds"]
-    print(f"\n(2) end to end over HTTP, {result['steps']} steps, median of {result['requests']}")
+    print(f"\n(2) end to end over HTTP, 1 worker x {result.get('worker_threads')} threads, {result['tokens']} tokens, "
+          f"{result['steps']} steps, median of {result['requests']} (each beside an in-process run)")
     print(f"client total {m['total']:.3f} s = engine {m['engine']:.3f} + encoding {m['encode']:.3f} + "
-          f"transfer/queue/decode {result['transfer_queue_decode']:.3f} (client decode alone {m['decode']:.3f}); "
+          f"client decode {m['decode']:.3f} (README snippet; {m['decode_isal']:.3f} with intgrads.decode_answer) + transfer and queue {result['transfer_and_queue']:.3f}; "
           f"answer {m['bytes'] / 1e6:.1f} MB")
-    print(f"HTTP / engine (worker's own engine time) = {result['http/engine']:.3f}")
-    if engine_seconds:
-        print(f"HTTP / engine (part 1's in-process engine) = {m['total'] / engine_seconds:.3f}")
+    print(f"in-process engine (same run, interleaved) {result['in_process_engine']:.3f} s")
+    print(f"HTTP / engine = {result['http/engine']:.3f}   (HTTP / the worker's own engine time = "
+          f"{result['http/worker_engine']:.3f}; worker engine / in-process engine = {result['worker_engine/engine']:.3f})")
+
+
+LEVELS = (1, 4, 16)
+
+
+def best_layouts(layouts: list) -> dict:
+    """For each concurrency, the workers of the layout with the most sentences/s."""
+    best = {}
+    for index, concurrency in enumerate(LEVELS):
+        top = max(layouts, key=lambda layout: layout["rows"][index]["sentences_per_s"])
+        best[concurrency] = top["workers"]
+    return best
+
+
+def print_throughput(layouts: list, best: dict, args, cores: int):
+    print(f"\n(3) throughput, {args.tp_tokens} tokens, {args.tp_steps} steps: sentences/s ({cores} cores)")
+    print(f"{'workers':>7} {'threads/worker':>14} " + " ".join(f"{'c=' + str(c):>8}" for c in LEVELS) + "  launcher")
+    for layout in layouts:
+        print(f"{layout['workers']:>7} {str(layout['torch_threads_per_worker']):>14} "
+              + " ".join(f"{row['sentences_per_s']:>8.3f}" for row in layout["rows"])
+              + ("  default" if layout["launcher_default"] else ""))
+    default = next(layout for layout in layouts if layout["launcher_default"])
+    for concurrency in LEVELS:
+        mark = "the launcher's default" if best[concurrency] == default["workers"] else "not the default"
+        print(f"best at concurrency {concurrency}: {best[concurrency]} worker(s) ({mark})")
 
 
 def part_throughput(server: Server, sentence: str, steps: int, levels, per_level) -> list:
@@ -422,38 +476,50 @@ def main(argv=None) -> int:
     if parts & {2, 3}:
         from transformers import AutoTokenizer
 
+        from intgrads.launcher import default_cpu_workers, usable_cores
+
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
-        engine_64 = next((row["seconds"]["engine"] for row in results.get("engine", [])
-                          if row["tokens"] == args.http_tokens), None)
-        layouts = [1, 2] if 3 in parts else [1]
+        cores = usable_cores()
+        default_workers = default_cpu_workers(cores)
+        # part 2 on 1 worker (every core on the one request, like the in-process engine); part 3 on 1 and 2
+        # workers and on the launcher's default layout (started without --workers)
+        layouts = [1] if 2 in parts else []
+        if 3 in parts:
+            layouts = sorted({1, 2, default_workers})
         results["throughput"] = []
+        results["launcher_default_workers"] = default_workers
         for workers in layouts:
             print(f"[2/3] starting TorchServe with {workers} worker(s) ...", flush=True)
-            server = Server(work, weights, args.tokenizer, workers)
+            server = Server(work, weights, args.tokenizer, workers, default=workers == default_workers)
             try:
                 threads = server.threads()
                 if workers == 1 and 2 in parts:
                     sentence = bench_engine.sentence_of(tokenizer, args.http_tokens)
-                    results["http"] = part_http(server, sentence, args.steps, args.http_requests)
-                    results["http"]["worker_threads"] = threads
+                    bundle = intgrads.load_model("bert", weights, tokenizer=args.tokenizer)
+                    before = torch.get_num_threads()
+                    torch.set_num_threads(threads[0])
+                    try:
+                        results["http"] = part_http(server, bundle, sentence, args.steps, args.http_requests,
+                                                    launcher_default_chunk_tokens() or None)
+                    finally:
+                        torch.set_num_threads(before)
+                    del bundle
+                    results["http"]["worker_threads"] = threads[0]
                     results["http"]["tokens"] = args.http_tokens
-                    print_http(results["http"], engine_64)
+                    print_http(results["http"])
                     save()
                 if 3 in parts:
                     sentence = bench_engine.sentence_of(tokenizer, args.tp_tokens)
-                    levels = [1, 4, 16]
-                    rows = part_throughput(server, sentence, args.tp_steps, levels, args.tp_requests)
+                    rows = part_throughput(server, sentence, args.tp_steps, LEVELS, args.tp_requests)
                     results["throughput"].append({"workers": workers, "torch_threads_per_worker": threads,
+                                                  "launcher_default": workers == default_workers,
                                                   "tokens": args.tp_tokens, "steps": args.tp_steps, "rows": rows})
                     save()
             finally:
                 server.stop()
         if results["throughput"]:
-            print(f"\n(3) throughput, {args.tp_tokens} tokens, {args.tp_steps} steps: sentences/s")
-            print(f"{'workers':>7} {'threads/worker':>14} " + " ".join(f"{'c=' + str(c):>8}" for c in (1, 4, 16)))
-            for layout in results["throughput"]:
-                print(f"{layout['workers']:>7} {str(layout['torch_threads_per_worker']):>14} "
-                      + " ".join(f"{row['sentences_per_s']:>8.3f}" for row in layout["rows"]))
+            results["best_layout"] = best_layouts(results["throughput"])
+            print_throughput(results["throughput"], results["best_layout"], args, cores)
         save()
     if args.json:
         print(f"\nresults: {args.json}")

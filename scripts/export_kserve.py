@@ -84,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "the launcher's model_store/)"
         elif action.dest == "cuda" and "--cuda" in action.option_strings:
             action.help = "archive the models for GPU workers (what the manifest's nvidia.com/gpu is for)"
+        elif action.dest == "workers":
+            action.default = 1   # the pod's cores are not known here; KServe scales with replicas
+            action.help = "on CPU: workers per model in the pod (default 1); each uses the pod's cores/workers " \
+                          "torch threads"
     export = parser.add_argument_group("export")
     export.add_argument("-o", "--out", required=True, metavar="DIR",
                         help="the layout's folder (created; a previous export there is replaced)")

@@ -92,7 +92,7 @@ def test_readme_commands_run_as_written(readme_server):
     summary = next(json.loads(out) for command, out in outputs if "Accept: application/json" in command)
     assert summary["label"] == "negative" and summary["tokens"][1:5] == ["the", "food", "was", "awful"]
     workers = next(json.loads(out) for command, out in outputs if command.startswith("curl http://127.0.0.1:8889/models/demo"))
-    assert len(workers[0]["workers"]) == 2
+    assert len(workers[0]["workers"]) == 3
     index = [json.loads(line) for line in (ROOT / "answers" / "index.jsonl").read_text().splitlines()]
     assert [record["label"] for record in index] == ["positive", "negative"]
     assert (ROOT / "attribution.png").stat().st_size > 10_000

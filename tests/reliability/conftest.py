@@ -110,9 +110,10 @@ def launch(home: Path, store: Path, args: list, port: int | None = None, run_dir
 
 @pytest.fixture(scope="session")
 def demo_server(tmp_path_factory, shared_store):
-    """The demo model, one CPU worker, default settings (batch size 1), bound to the default host."""
+    """The demo model, one CPU worker (``--workers 1``: the fault and determinism tests scale from one), otherwise
+    default settings (batch size 1), bound to the default host."""
     home = tmp_path_factory.mktemp("rel-demo")
-    server, _ = launch(home, shared_store, ["--demo", "--model-name", DEMO])
+    server, _ = launch(home, shared_store, ["--demo", "--model-name", DEMO, "--workers", "1"])
     print(f"\n[reliability] demo server up in {server.start_seconds:.1f} s")
     holder = {"server": server}
     try:

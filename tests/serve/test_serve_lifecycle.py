@@ -187,3 +187,24 @@ def test_non_loopback_host_keeps_token_auth_on(place, hf_files, stop_afterwards)
                            env=place["env"], timeout=120)
     assert stopped.returncode == 0 and "stopped" in stopped.stdout
     assert not (place["run"] / "key_file.json").exists()
+
+
+@pytest.mark.parametrize("cores, models, workers", [(1, 1, 1), (2, 1, 2), (2, 2, 1), (2, 5, 1), (3, 1, 3), (4, 1, 4),
+                                                    (8, 1, 4), (16, 1, 4), (16, 2, 2), (16, 3, 1), (16, 5, 1)])
+def test_default_cpu_layout(cores, models, workers):
+    """One worker per core, at most 4 in all, shared among the models, at least one each."""
+    from intgrads.launcher import default_cpu_workers
+
+    assert default_cpu_workers(cores, models) == workers
+
+
+def test_workers_flag_and_cuda_override_the_default():
+    from intgrads.launcher import build_parser, resolve_workers
+
+    parser = build_parser()
+    args = parser.parse_args(["--demo"])
+    assert args.workers is None
+    assert resolve_workers(args, 1, cores=2) == 2 and args.workers == 2
+    assert resolve_workers(parser.parse_args(["--demo", "--workers", "1"]), 1, cores=2) == 1
+    gpu = parser.parse_args(["--demo", "--cuda", "--num-cuda-devs", "2", "--workers-per-gpu", "3"])
+    assert resolve_workers(gpu, 1, cores=2) == 6
