@@ -14,7 +14,8 @@ by the launcher at archive time::
       defaults: {target: 1, n_steps: 50, method: gausslegendre, baseline: zero, ...}
       limits: {max_steps: 500, max_tokens: 512, max_sequences: 16, max_chars: 100000, max_response_bytes: ...}
 
-Environment overrides (set by the launcher for a run): ``INTGRADS_TORCH_THREADS``, ``INTGRADS_MAX_RESPONSE_BYTES``.
+Environment overrides (set by the launcher for a run): ``INTGRADS_TORCH_THREADS``, ``INTGRADS_MAX_RESPONSE_BYTES``;
+``INTGRADS_REUSE_MEMORY=0`` keeps glibc's default memory handling (see ``intgrads.reuse_freed_memory``).
 
 Per request (see ``intgrads.request``): ``{"sequence": "..."}`` plus optional options -> the engine's answer as
 ``intgrads.encode_answer`` bytes (``application/gzip``), or with ``Accept: application/json`` / the
@@ -82,6 +83,8 @@ class IntgradsHandler:
             if os.environ.get("INTGRADS_MAX_RESPONSE_BYTES"):
                 self.limits["max_response_bytes"] = int(os.environ["INTGRADS_MAX_RESPONSE_BYTES"])
 
+            if os.environ.get("INTGRADS_REUSE_MEMORY", "1") != "0":
+                intgrads.reuse_freed_memory()
             device = self._device(settings, properties)
             threads = self._threads(settings, yaml_config, device)
             torch.set_num_threads(threads)

@@ -22,11 +22,12 @@ _EXPORTS = {
     "FAMILIES": "families",
     "ModelBundle": "models", "load_model": "models",
     "METHODS": "quadrature", "step_sizes_and_alphas": "quadrature",
+    "reuse_freed_memory": "memory",
 }
 
 __all__ = ["attribute", "load_model", "ModelBundle", "encode_answer", "decode_answer", "load_answer",
            "summarize_answer", "prepare_answer", "step_sizes_and_alphas", "BASELINES", "METHODS", "FAMILIES",
-           "OUTPUT_NAMES", "DTYPES"]
+           "OUTPUT_NAMES", "DTYPES", "reuse_freed_memory"]
 
 
 def __getattr__(name):

@@ -542,6 +542,9 @@ def build_archive(spec: ModelSpec, args, model_store: Path, config_props: dict, 
         tokenizer_in_archive = "tokenizer"
 
     if spec.family == "hf":
+        weights_dir = Path(spec.weights)
+        check_links_inside(weights_dir, [Path(root) / name for root, dirs, files in os.walk(weights_dir)
+                                         for name in dirs + files], "--hf-model")
         _link(extra / "weights", spec.weights)
     else:
         if (extra / "weights").is_symlink():
@@ -604,17 +607,23 @@ def tokenizer_file_list(directory: Path) -> list[Path]:
                    and not item.name.endswith(WEIGHT_SUFFIXES) and item.name not in SKIPPED_NAMES)
     if not files:
         raise LaunchError(f"--tokenizer {directory}: the directory holds no tokenizer files")
-    # A link that leads out of the directory is not followed (nor packed into the archive); a Hugging Face cache
-    # snapshot (snapshots/<rev>/NAME -> ../../blobs/HASH) may point into its own blobs/ folder.
+    check_links_inside(directory, files, "--tokenizer")
+    return files
+
+
+def check_links_inside(directory: Path, items, flag: str):
+    """Refuse (exit 2) any of ``items`` (paths under ``directory``) that resolves outside it: a link out of
+    the directory is not followed, nor packed into the archive. A Hugging Face cache snapshot
+    (snapshots/<rev>/NAME -> ../../blobs/HASH) may point into its own blobs/ folder."""
     roots = [directory.resolve()]
     if directory.resolve().parent.name == "snapshots":
         roots.append(directory.resolve().parent.parent / "blobs")
-    for item in files:
-        target = item.resolve()
+    for item in items:
+        target = Path(item).resolve()
         if not any(target == root or root in target.parents for root in roots):
-            raise LaunchError(f"--tokenizer {directory}: {item.name} leads outside the directory (to {target}); "
-                              "copy the file into the tokenizer directory instead of linking to it", code=2)
-    return files
+            name = Path(item).relative_to(directory) if Path(item).is_relative_to(directory) else Path(item).name
+            raise LaunchError(f"{flag} {directory}: {name} leads outside the directory (to {target}); "
+                              "copy the file into the directory instead of linking to it", code=2)
 
 
 def _default_tokenizer(family: str) -> str:

@@ -6,7 +6,9 @@ A request reaches the handler as a dict of named parts (TorchServe's view of the
   when ``decode_input_request=false``, as the launcher's config sets it; an already decoded dict otherwise);
 - a ``text/plain`` body: ``{"body": b"the sentence itself"}``;
 - a form (``curl -d 'sequence=...'`` or ``--data-urlencode``, or a curl ``-d`` with no Content-Type):
-  one part per field, ``{"sequence": b"...", "n_steps": b"20"}``.
+  one part per field, ``{"sequence": b"...", "n_steps": b"20"}``;
+- an instance of KServe's v1 envelope: the decoded JSON object itself, ``{"sequence": "...", "n_steps": 20}``
+  (read as JSON when any value is not text, e.g. a number or a list; as form text otherwise).
 
 :func:`parse_request` turns that into a :class:`Request` or raises :class:`RequestError` carrying the
 HTTP status and a message that names the problem (and shows a working curl when nothing was sent).
@@ -121,6 +123,8 @@ def _body_fields(parts: dict, headers: dict, url: str) -> tuple[dict, bool]:
             raise RequestError(
                 "empty request: send a JSON body with a \"sequence\" (and say it is JSON, or TorchServe reads "
                 f"it as a form and it arrives empty), e.g. {usage_curl(url)}", usage=usage_curl(url))
+        if any(not isinstance(value, (bytes, bytearray, str)) for value in parts.values()):
+            return dict(parts), False    # already decoded JSON (a KServe envelope's instance): typed values
         return dict(parts), True
     if len(parts) > 1:
         extra = sorted(key for key in parts if key != body_key)

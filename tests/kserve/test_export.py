@@ -408,6 +408,15 @@ def test_kserve_v1_envelope_json_route(serve, reference):
     assert summary["token_attributions"] == pytest.approx(expected["token_attributions"], abs=1e-6)
     assert summary["probabilities"] == pytest.approx(expected["probabilities"], abs=1e-6)
 
+    typed = json.dumps({"instances": [{"sequences": [SENTENCE], "n_steps": 50, "target": 1}]})   # JSON values
+    explained = requests.post(f"{server.inference}/v1/models/{MODEL_NAME}:explain", data=typed, headers=headers,
+                              timeout=120)
+    assert explained.status_code == 200, explained.text[:500]
+    item = explained.json()["explanations"][0]
+    (listed,) = json.loads(item) if isinstance(item, str) else item
+    assert listed["tokens"] == expected["tokens"] and listed["n_steps"] == 50
+    assert listed["token_attributions"] == pytest.approx(expected["token_attributions"], abs=1e-6)
+
     predicted = requests.post(f"{server.inference}/v1/models/{MODEL_NAME}:predict", data=body, headers=headers,
                               timeout=120)
     assert predicted.status_code == 503, predicted.text[:500]

@@ -208,3 +208,28 @@ def test_archive_paths_leading_outside_are_not_followed(tmp_path, tally):
         with pytest.raises(ValueError) as caught:
             module.IntgradsHandler().initialize(context)
         assert record.case("leads outside the archive" in str(caught.value)), (label, str(caught.value))
+
+
+@pytest.mark.parametrize("kind", ["file", "directory"])
+def test_hf_model_link_outside_its_directory_is_not_packed(demo_server, shared_store, tmp_path, tally, kind):
+    """--hf-model DIR is packed whole; a link in it (a file, or a folder) leading out of DIR is refused with
+    exit 2 before any archive is built, instead of copying what it points at into the .mar."""
+    from intgrads.demo import DEMO_NAME
+
+    record = tally("5 security")
+    demo_dir = shared_store / DEMO_NAME
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "id_rsa").write_text("not for the archive")
+    model = tmp_path / "model"
+    shutil.copytree(demo_dir, model)
+    if kind == "file":
+        (model / "notes.txt").symlink_to(outside / "id_rsa")
+    else:
+        (model / "extras").mkdir()
+        (model / "extras" / "more").symlink_to(outside, target_is_directory=True)
+    _, result = launch(tmp_path / "home", tmp_path / "store", ["--hf-model", model, "--model-name", "linked"],
+                       check=False)
+    assert record.case(result.returncode == 2 and "leads outside the directory" in result.stderr
+                       and "--hf-model" in result.stderr), result.stderr[-1500:]
+    assert record.case(not (tmp_path / "store" / "linked.mar").exists())

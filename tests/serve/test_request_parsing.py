@@ -69,3 +69,18 @@ def test_answer_size_estimate_follows_dtype_and_outputs():
         4 * (tokens * hidden * (steps + 1) + steps + 2 * tokens) + small
     assert estimate_answer_bytes(tokens, hidden, steps, dtype="float16", outputs=["integrated_gradients"]) == \
         2 * (tokens * hidden + steps + 2 * tokens) + small
+
+
+def test_envelope_instance_with_typed_values_is_read_as_json():
+    """KServe's v1 envelope hands the handler each decoded instance as the request's parts: numbers, booleans
+    and lists are JSON values there (a form's parts are always text)."""
+    request = parse_request({"sequence": "a fine film", "n_steps": 20, "target": 0, "keep_special_tokens": True}, {})
+    assert request.sequences == ["a fine film"] and request.single
+    assert (request.options["n_steps"], request.options["target"], request.options["keep_special_tokens"]) == (20, 0, True)
+    several = parse_request({"sequences": ["a", "b"], "n_steps": 4}, {})
+    assert several.sequences == ["a", "b"] and not several.single
+    text_only = parse_request({"sequence": "a fine film", "n_steps": "20"}, {})   # all text: read as a form
+    assert text_only.options["n_steps"] == 20
+    with pytest.raises(RequestError) as wrong:
+        parse_request({"sequence": "a", "n_steps": 2.5}, {})
+    assert wrong.value.status == 400 and "n_steps" in wrong.value.message
