@@ -90,7 +90,7 @@ def default_config_properties() -> Path | None:
 # ---------------------------------------------------------------------------------------------- arguments
 # Tokens per forward/backward chunk when a request sets no internal_batch_size (scripts/bench.py part 4,
 # docs/benchmarks.md): 3200 = 64 tokens x 50 steps in one pass; a 512-token bert-base request (6 rows a
-# chunk) peaks at ~3.4 GB RSS on CPU, against > 10 GB all at once.
+# chunk) peaks at ~2.9 GB RSS on CPU, against > 10 GB all at once.
 DEFAULT_CHUNK_TOKENS = 3200
 MAX_DEFAULT_CPU_WORKERS = 4
 
