@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 import intgrads
+from intgrads.launcher import usable_cores
 from intgrads.request import DEFAULT_LIMITS, DEFAULT_OPTIONS, RequestError, estimate_answer_bytes, lower_keys, parse_request
 
 logger = logging.getLogger(__name__)
@@ -128,11 +129,7 @@ class IntgradsHandler:
         threads = int(value)
         if threads <= 0:
             workers = max(1, int(yaml_config.get("minWorkers") or 1))
-            try:
-                cores = len(os.sched_getaffinity(0))
-            except (AttributeError, OSError):
-                cores = os.cpu_count() or 1
-            threads = max(1, cores // workers)
+            threads = max(1, usable_cores() // workers)
         return threads
 
     # ------------------------------------------------------------------ request cycle

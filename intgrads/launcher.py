@@ -621,8 +621,7 @@ def check_links_inside(directory: Path, items, flag: str):
     for item in items:
         target = Path(item).resolve()
         if not any(target == root or root in target.parents for root in roots):
-            name = Path(item).relative_to(directory) if Path(item).is_relative_to(directory) else Path(item).name
-            raise LaunchError(f"{flag} {directory}: {name} leads outside the directory (to {target}); "
+            raise LaunchError(f"{flag} {directory}: {Path(item).relative_to(directory)} leads outside the directory (to {target}); "
                               "copy the file into the directory instead of linking to it", code=2)
 
 
