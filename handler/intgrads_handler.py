@@ -17,7 +17,7 @@ by the launcher at archive time::
 Environment overrides (set by the launcher for a run): ``INTGRADS_TORCH_THREADS``, ``INTGRADS_MAX_RESPONSE_BYTES``;
 ``INTGRADS_REUSE_MEMORY=0`` keeps glibc's default memory handling (see ``intgrads.reuse_freed_memory``).
 
-Per request (see ``intgrads.request``): ``{"sequence": "..."}`` plus optional options -> the engine's answer as
+Per request (see ``intgrads.serving.request``): ``{"sequence": "..."}`` plus optional options -> the engine's answer as
 ``intgrads.encode_answer`` bytes (``application/gzip``), or with ``Accept: application/json`` / the
 ``/explanations`` route a JSON summary. Every refused request gets its own 4xx status and a JSON
 ``{"error": ...}``; requests in a TorchServe batch are answered one by one (each its own answer or error,
@@ -35,8 +35,9 @@ from pathlib import Path
 import torch
 
 import intgrads
-from intgrads.launcher import usable_cores
-from intgrads.request import DEFAULT_LIMITS, DEFAULT_OPTIONS, RequestError, estimate_answer_bytes, lower_keys, parse_request
+from intgrads.answer.keys import estimate_answer_bytes
+from intgrads.serving.request import DEFAULT_LIMITS, DEFAULT_OPTIONS, RequestError, lower_keys, parse_request
+from intgrads.system import usable_cores
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +135,7 @@ class IntgradsHandler:
 
     # ------------------------------------------------------------------ request cycle
     def preprocess(self, data, context):
-        """One entry per request: a parsed :class:`intgrads.request.Request` or a :class:`RequestError`."""
+        """One entry per request: a parsed :class:`intgrads.serving.request.Request` or a :class:`RequestError`."""
         parsed = []
         for index, parts in enumerate(data):
             headers = self._headers(context, index)

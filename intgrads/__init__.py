@@ -6,8 +6,18 @@ The engine behind the intgrads TorchServe handler, usable on its own::
     bundle = intgrads.load_model("bert", "bert.pth", tokenizer="path/to/tokenizer")
     answer = intgrads.attribute(bundle, "a sentence", target=1, n_steps=50)
 
-The public names are imported on first use (module ``__getattr__``), so that ``import intgrads`` and the
-launcher's ``--help``/``--stop`` do not pay for importing torch and transformers.
+The package's rooms (docs/architecture.md), with arrows pointing toward the engine only:
+
+- ``intgrads.engine``: quadrature, baselines, model families, weights, loading, the attribution (torch and
+  transformers only);
+- ``intgrads.answer``: the answer's keys and dtypes, its gzip wire format and JSON summary;
+- ``intgrads.serving``: an HTTP request -> engine options (the TorchServe handler in ``handler/`` is glue);
+- ``intgrads.launcher``: the ``intgrads`` command (CLI, archives, TorchServe config and processes);
+- ``intgrads.client`` and ``intgrads.pictures``: the batch client and the attribution pictures;
+- ``intgrads.system``: cores, processes and Java, for whoever needs them.
+
+The public names below are imported on first use (module ``__getattr__``): ``import intgrads`` loads none of
+the rooms, and the engine's names load only the engine and the answer format.
 """
 
 from __future__ import annotations
@@ -15,14 +25,16 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "attribute": "attribution",
-    "BASELINES": "baselines",
-    "decode_answer": "codec", "encode_answer": "codec", "load_answer": "codec", "summarize_answer": "codec",
-    "prepare_answer": "codec", "OUTPUT_NAMES": "codec", "DTYPES": "codec",
-    "FAMILIES": "families",
-    "ModelBundle": "models", "load_model": "models",
-    "METHODS": "quadrature", "step_sizes_and_alphas": "quadrature",
-    "reuse_freed_memory": "memory",
+    "attribute": "engine.attribution",
+    "BASELINES": "engine.baselines",
+    "FAMILIES": "engine.families",
+    "ModelBundle": "engine.models", "load_model": "engine.models",
+    "METHODS": "engine.quadrature", "step_sizes_and_alphas": "engine.quadrature",
+    "reuse_freed_memory": "engine.memory",
+    "decode_answer": "answer.codec", "encode_answer": "answer.codec", "load_answer": "answer.codec",
+    "prepare_answer": "answer.codec", "DTYPES": "answer.codec",
+    "summarize_answer": "answer.summary",
+    "OUTPUT_NAMES": "answer.keys",
 }
 
 __all__ = ["attribute", "load_model", "ModelBundle", "encode_answer", "decode_answer", "load_answer",

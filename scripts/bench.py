@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The intgrads benchmark suite (issue 4): one process tree, one seeded bert-base-shaped model.
+"""The intgrads benchmark suite: one process tree, one seeded bert-base-shaped model.
 
 1. engine vs anchors (captum LIG, the old tool = two captum passes, the floor) at 16/64/256/512 tokens,
    50 steps -- ``scripts/bench_engine.py``'s ``run()``;
@@ -346,7 +346,7 @@ def part_encoding(bundle, sentence: str, steps: int, repeats: int) -> list:
     import torch
 
     import intgrads
-    from intgrads.request import OUTPUT_NAMES
+    from intgrads.answer.keys import OUTPUT_NAMES
 
     answer = intgrads.attribute(bundle, sentence, n_steps=steps)
     variants = [("float32, all outputs", None, None), ("float16, all outputs", "float16", None),

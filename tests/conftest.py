@@ -349,7 +349,7 @@ class Case:
             if baseline == "zero":
                 out = torch.zeros_like(words)
             else:
-                from intgrads.baselines import random_vector
+                from intgrads.engine.baselines import random_vector
 
                 vector = random_vector(baseline, words.shape[-1])
                 assert vector.shape == (words.shape[-1],) and vector.dtype == torch.float32

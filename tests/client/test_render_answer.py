@@ -12,7 +12,7 @@ import torch
 
 import intgrads
 from intgrads.client import main
-from intgrads.render import accumulated_attributions, make_figure, render_answer
+from intgrads.pictures import accumulated_attributions, make_figure, render_answer
 
 SENTENCE = "an unexpectedly tender film, though the ending drags"
 
@@ -45,7 +45,7 @@ def test_accumulated_path_ends_at_the_token_attributions(bundle, method, n_steps
     np.testing.assert_allclose(accumulated[-1], attributions, rtol=0, atol=1e-5 * scale)
     assert np.all(np.diff(alphas) > 0) and accumulated.shape == (n_steps, len(answer["tokens"]))
     # and x - b from the intermediates is the one that makes IG: (x - b) * sum_k w_k g_k
-    from intgrads.render import path_difference
+    from intgrads.pictures import path_difference
 
     total = (answer["step_sizes"].double().view(-1, 1, 1) * answer["intermediate_gradients"].double()).sum(0)
     ig = answer["integrated_gradients"][0].double()

@@ -169,7 +169,7 @@ def test_one_gauss_legendre_step_matches_captum(cases, bundles, model):
 
 
 def test_random_baselines_are_fixed_vectors(cases):
-    from intgrads.baselines import random_vector
+    from intgrads.engine.baselines import random_vector
 
     for kind in ("rand-unif", "rand-norm"):
         first, second = random_vector(kind, 384), random_vector(kind, 384)

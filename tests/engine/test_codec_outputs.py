@@ -9,8 +9,9 @@ import pytest
 import torch
 
 import intgrads
-from intgrads.codec import DTYPES, OUTPUT_NAMES, prepare_answer
-from intgrads.request import DTYPE_NAMES
+from intgrads.answer.codec import DTYPES, prepare_answer
+from intgrads.answer.keys import OUTPUT_NAMES
+from intgrads.answer.keys import DTYPE_NAMES
 
 METADATA = ("target", "n_steps", "method", "baseline", "keep_special_tokens", "layer", "truncated", "family",
             "layout")

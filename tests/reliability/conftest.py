@@ -1,4 +1,4 @@
-"""Fixtures for the reliability suite (issue 6): real TorchServe servers on the demo model, started through the
+"""Fixtures for the reliability suite: real TorchServe servers on the demo model, started through the
 launcher like tests/serve (each server its own TMPDIR, ports and run directory), one model store shared by them
 so the demo model and its archive are built once; and the per-category tally printed at the end."""
 
@@ -45,7 +45,7 @@ def pytest_terminal_summary(terminalreporter):
     if not TALLY:
         return
     write = terminalreporter.write_line
-    terminalreporter.section("reliability summary (issue 6)")
+    terminalreporter.section("reliability summary")
     write(f"{'category':<16} {'cases tried':>11} {'passed':>7}")
     order = sorted(TALLY, key=lambda c: CATEGORIES.index(c) if c in CATEGORIES else 99)
     for category in order:
@@ -126,7 +126,7 @@ def demo_server(tmp_path_factory, shared_store):
 def demo_bundle(demo_server, shared_store):
     """The demo model loaded in this process (for checking odd-but-valid answers)."""
     import intgrads
-    from intgrads.demo import DEMO_NAME
+    from intgrads.launcher.demo import DEMO_NAME
 
     return intgrads.load_model("hf", shared_store / DEMO_NAME)
 

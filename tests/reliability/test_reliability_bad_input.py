@@ -1,4 +1,4 @@
-"""Issue 6, part 1: malformed requests against a real TorchServe (the demo model). Each gets a 4xx JSON error naming
+"""Reliability: malformed requests against a real TorchServe (the demo model). Each gets a 4xx JSON error naming
 the problem, or for odd-but-valid text a correct answer; the worker keeps its PID and a reference request answers
 the same bytes before and after. Reuses the 40 cases of tests/serve/test_serve_requests.py and adds more."""
 

@@ -1,4 +1,4 @@
-"""Issue 6, part 4: the same request answered by two workers, and across a stop and start, gives identical bytes
+"""Reliability: the same request answered by two workers, and across a stop and start, gives identical bytes
 after decompression (the raw torch.save bytes, and the loaded tensors bitwise)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 6, part 3: a worker killed with SIGKILL during a long request (the request gets an error promptly,
+"""Reliability: a worker killed with SIGKILL during a long request (the request gets an error promptly,
 TorchServe starts a new worker, the next requests succeed with the same bytes); weights that cannot be read (a
 truncated .pth refused by the launcher before TorchServe starts; a damaged archive whose worker cannot load:
 the launcher ends non-zero with a clear message, in bounded time, leaving nothing running). Stop-and-start is
@@ -82,7 +82,7 @@ def _truncated_state_dict(bundle, path):
 
 
 def test_truncated_pth_is_refused_by_the_launcher(demo_server, demo_bundle, shared_store, tmp_path, tally):
-    from intgrads.demo import DEMO_NAME
+    from intgrads.launcher.demo import DEMO_NAME
 
     record = tally("3 faults")
     pth = tmp_path / "truncated.pth"
@@ -102,7 +102,7 @@ def test_truncated_pth_is_refused_by_the_launcher(demo_server, demo_bundle, shar
 def test_worker_that_cannot_load_ends_the_launcher(demo_server, shared_store, tmp_path, tally):
     """An archive whose weights are damaged after it was built (newer than its inputs, so reused unchecked):
     the worker fails in TorchServe; the launcher must say so and stop, not wait or retry silently."""
-    from intgrads.demo import DEMO_NAME
+    from intgrads.launcher.demo import DEMO_NAME
 
     record = tally("3 faults")
     store = tmp_path / "store"

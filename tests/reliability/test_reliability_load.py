@@ -1,4 +1,4 @@
-"""Issue 6, part 2: 200 requests at concurrency 16 on the demo model (0 failures, each answer equal to the
+"""Reliability: 200 requests at concurrency 16 on the demo model (0 failures, each answer equal to the
 single-request answer for its sentence, p50/p95/p99 printed); beyond a tiny job queue (job_queue_size=2 in a copy
 of config.properties passed with --ts-config) TorchServe answers 503 at once instead of hanging."""
 

@@ -1,4 +1,4 @@
-"""Issue 6, part 5: loopback binds by default; token auth with -h 0.0.0.0 (requests sent to 127.0.0.1 only);
+"""Reliability: loopback binds by default; token auth with -h 0.0.0.0 (requests sent to 127.0.0.1 only);
 no model registration through the management API; a .pth whose unpickling runs code is refused and the code does
 not run; a tokenizer file linking outside its directory is not followed; the size, token and n_steps caps
 (launcher flags) are enforced."""
@@ -108,8 +108,8 @@ def _evil_pth(path, marker, bundle):
 
 
 def test_pickled_code_in_a_pth_does_not_run(demo_server, demo_bundle, shared_store, tmp_path, tally):
-    from intgrads.demo import DEMO_NAME
-    from intgrads.weights import read_state_dict
+    from intgrads.launcher.demo import DEMO_NAME
+    from intgrads.engine.weights import read_state_dict
 
     record = tally("5 security")
     # the payload is live: a plain (unsafe) torch.load runs it
@@ -135,7 +135,7 @@ def test_pickled_code_in_a_pth_does_not_run(demo_server, demo_bundle, shared_sto
 
 
 def test_tokenizer_link_outside_its_directory_is_not_followed(demo_server, shared_store, tmp_path, tally):
-    from intgrads.demo import DEMO_NAME
+    from intgrads.launcher.demo import DEMO_NAME
 
     record = tally("5 security")
     demo_dir = shared_store / DEMO_NAME
@@ -214,7 +214,7 @@ def test_archive_paths_leading_outside_are_not_followed(tmp_path, tally):
 def test_hf_model_link_outside_its_directory_is_not_packed(demo_server, shared_store, tmp_path, tally, kind):
     """--hf-model DIR is packed whole; a link in it (a file, or a folder) leading out of DIR is refused with
     exit 2 before any archive is built, instead of copying what it points at into the .mar."""
-    from intgrads.demo import DEMO_NAME
+    from intgrads.launcher.demo import DEMO_NAME
 
     record = tally("5 security")
     demo_dir = shared_store / DEMO_NAME

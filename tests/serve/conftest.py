@@ -110,7 +110,8 @@ class Server:
                             timeout=120)
 
 
-def start_server(tmp_path_factory, label: str, model_args: list, extra_args: list = ()) -> Server:
+def start_server(tmp_path_factory, label: str, model_args: list, extra_args: list = (), env_edit=None) -> Server:
+    """Start a server through the launcher; ``env_edit(env) -> env`` changes its environment (e.g. hides Java)."""
     home = tmp_path_factory.mktemp(f"serve-{label}")
     tmp = home / "tmp"
     tmp.mkdir()
@@ -118,6 +119,8 @@ def start_server(tmp_path_factory, label: str, model_args: list, extra_args: lis
     run_dir = home / "run"
     store = home / "model_store"
     env = launcher_env(tmp)
+    if env_edit is not None:
+        env = env_edit(env)
     args = list(model_args) + ["-p", port, "--model-store", store, "--run-dir", run_dir] + list(extra_args)
     started = time.time()
     result = run_launcher(args, cwd=home, env=env)
@@ -158,7 +161,7 @@ def server(tmp_path_factory, bert_files, xlnet_files, hf_files):
 def engine_bundles(server, bert_files, xlnet_files, hf_files):
     """The engine loaded in the test process from the same files the server archived."""
     import intgrads
-    from intgrads.demo import DEMO_NAME
+    from intgrads.launcher.demo import DEMO_NAME
 
     return {
         "bert": intgrads.load_model("bert", bert_files.weights, config=bert_files.config, tokenizer=bert_files.tokenizer),

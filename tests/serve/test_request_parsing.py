@@ -1,11 +1,12 @@
-"""intgrads.request without a server: the shapes TorchServe hands the handler, with and without its own
+"""intgrads.serving.request without a server: the shapes TorchServe hands the handler, with and without its own
 decoding (a bare ``torchserve`` decodes JSON and text bodies; the launcher's config turns that off)."""
 
 from __future__ import annotations
 
 import pytest
 
-from intgrads.request import RequestError, estimate_answer_bytes, parse_request, wants_json
+from intgrads.serving.request import RequestError, parse_request, wants_json
+from intgrads.answer.keys import estimate_answer_bytes
 
 JSON = {"Content-Type": "application/json", "Host": "example:8888"}
 

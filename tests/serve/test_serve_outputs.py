@@ -6,7 +6,7 @@ import pytest
 import requests
 import torch
 
-from intgrads.request import OUTPUT_NAMES
+from intgrads.answer.keys import OUTPUT_NAMES
 
 from .conftest import post_json
 from .test_serve_answers import assert_same_answer, decode

@@ -17,7 +17,7 @@ each label's logit is half the margin).
 
     build_demo_model(out_dir)      -> out_dir, a save_pretrained directory (model + tokenizer)
     ensure_demo_model(model_store) -> <model_store>/demo-sentiment, built only when missing
-    python -m intgrads.demo OUT_DIR
+    python -m intgrads.launcher.demo OUT_DIR
 
 Builds are atomic: the directory is written under a temporary name beside ``out_dir`` and renamed
 into place, so a crash leaves no half-built model behind.
@@ -175,16 +175,7 @@ def _build_into(out_dir: Path) -> None:
             dtype=torch.float32, local_files_only=True)
         model.eval()
 
-        words = training_words(tokenizer)
-        neutral = neutral_words(tokenizer, lexicon())
-        rng = random.Random(SEED)
-        texts, labels = [], []
-        for template in TEMPLATES:
-            for word, label in words:
-                texts.append(template.format(w=word, n=rng.choice(neutral)))
-                labels.append(label)
-        neutral_texts = [template.format(n=rng.choice(neutral), n2=rng.choice(neutral))
-                         for template in NEUTRAL_TEMPLATES for _ in range(NEUTRAL_PER_TEMPLATE)]
+        words, texts, labels, neutral_texts = _training_texts(tokenizer)
         features = _pooled_features(model, tokenizer, texts)
         anchors = torch.cat([_pooled_features(model, tokenizer, neutral_texts), _zero_baseline_features(model)])
         y = torch.tensor(labels)
@@ -222,6 +213,21 @@ def _build_into(out_dir: Path) -> None:
     _open_permissions(out_dir)
     log.info("demo model: head fitted on %d texts (%d lexicon words) + %d neutral anchors in %.1f s, "
              "training accuracy %.3f", len(texts), len(words), len(anchors), fitted, accuracy)
+
+
+def _training_texts(tokenizer):
+    """The lexicon words, the labelled texts made from them, their labels, and the neutral anchor texts."""
+    words = training_words(tokenizer)
+    neutral = neutral_words(tokenizer, lexicon())
+    rng = random.Random(SEED)
+    texts, labels = [], []
+    for template in TEMPLATES:
+        for word, label in words:
+            texts.append(template.format(w=word, n=rng.choice(neutral)))
+            labels.append(label)
+    neutral_texts = [template.format(n=rng.choice(neutral), n2=rng.choice(neutral))
+                     for template in NEUTRAL_TEMPLATES for _ in range(NEUTRAL_PER_TEMPLATE)]
+    return words, texts, labels, neutral_texts
 
 
 def _open_permissions(out_dir: Path) -> None:
@@ -279,7 +285,7 @@ def _fit_logistic(features: torch.Tensor, targets: torch.Tensor, sample_weight: 
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m intgrads.demo", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m intgrads.launcher.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir", help="directory to write (replaced if it exists)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -1,4 +1,4 @@
-"""Parsing and checking one HTTP request for the TorchServe handler (no TorchServe import here).
+"""Parsing and checking one HTTP request: TorchServe's view of it -> engine options (no TorchServe import).
 
 A request reaches the handler as a dict of named parts (TorchServe's view of the body):
 
@@ -22,8 +22,9 @@ import json
 import math
 from dataclasses import dataclass, field
 
-from .baselines import BASELINES
-from .quadrature import METHODS, min_steps
+from ..answer.keys import DTYPE_NAMES, OUTPUT_NAMES
+from ..engine.baselines import BASELINES
+from ..engine.quadrature import METHODS, min_steps
 
 # The option fields a request may carry besides the sentence(s).
 OPTION_FIELDS = ("target", "n_steps", "method", "baseline", "keep_special_tokens", "internal_batch_size")
@@ -31,10 +32,6 @@ TEXT_FIELDS = ("sequence", "sequences")
 # How the answer is sent (not engine options): "dtype" of its float tensors, and which "outputs" it holds.
 ENCODING_FIELDS = ("dtype", "outputs")
 ALLOWED_FIELDS = TEXT_FIELDS + OPTION_FIELDS + ENCODING_FIELDS
-# The answer keys "outputs" may name (the small metadata keys are always sent) and the "dtype" values.
-OUTPUT_NAMES = ("integrated_gradients", "intermediate_gradients", "step_sizes", "intermediates", "tokens",
-                "input_ids", "token_attributions", "logits", "convergence_delta")
-DTYPE_NAMES = ("float32", "float16")
 EXAMPLE_SENTENCE = "This is the sequence that you want to get the sentiment of"
 
 DEFAULT_OPTIONS = {"target": 1, "n_steps": 50, "method": "gausslegendre", "baseline": "zero",
@@ -360,17 +357,3 @@ def parse_request(parts, headers=None, *, model_name: str = "MODEL", num_labels:
     encoding = check_encoding(fields)
     return Request(encoding=encoding, sequences=sequences, single=single, options=options, want_json=wants_json(headers, explain),
                    given=given)
-
-
-def estimate_answer_bytes(n_tokens: int, hidden: int, n_steps: int, *, dtype: str = "float32", outputs=None) -> int:
-    """Bytes of one answer's tensors before gzip, for the ``dtype`` (4 bytes an element for float32, 2 for
-    float16) and the ``outputs`` asked for (None: all): intermediates and intermediate gradients
-    (n_steps x tokens x hidden each), the integrated gradients (tokens x hidden) and small ones."""
-    size = 2 if dtype == "float16" else 4
-
-    def kept(name):
-        return outputs is None or name in outputs
-
-    big = n_tokens * hidden * (n_steps * (kept("intermediates") + kept("intermediate_gradients"))
-                               + kept("integrated_gradients"))
-    return size * (big + n_steps + 2 * n_tokens) + 64 * n_tokens + 4096

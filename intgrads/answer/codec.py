@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .request import DTYPE_NAMES, OUTPUT_NAMES
+from .keys import DTYPE_NAMES, OUTPUT_NAMES
 
 try:  # the same gzip format, written by ISA-L
     from isal import igzip as _gzip
@@ -24,9 +24,7 @@ except ImportError:  # pragma: no cover - isal is a declared dependency
     GZIP_LEVEL = 1
 
 
-# OUTPUT_NAMES: the answer keys a client may choose with a request's "outputs" (the small metadata keys --
-# target, n_steps, method, baseline, keep_special_tokens, layer, truncated, family, layout, label_names --
-# are always kept). DTYPES: the float dtypes an answer may be sent in ("dtype"; float32 is as computed).
+# The torch dtype of each answer dtype name (keys.DTYPE_NAMES).
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
 assert tuple(DTYPES) == DTYPE_NAMES
 
@@ -74,26 +72,3 @@ def load_answer(path) -> Any:
     """Load an answer file saved from the server (``curl ... --output FILE``)."""
     with open(path, "rb") as handle:
         return decode_answer(handle.read())
-
-
-def summarize_answer(answer: dict) -> dict:
-    """A JSON-able digest of one answer, without the big tensors."""
-    logits = answer["logits"].reshape(-1).double()
-    probabilities = torch.softmax(logits, dim=0)
-    predicted = int(torch.argmax(logits))
-    labels = answer.get("label_names") or []
-    return {
-        "tokens": list(answer["tokens"]),
-        "token_attributions": [float(v) for v in answer["token_attributions"]],
-        "logits": [float(v) for v in logits],
-        "probabilities": [float(v) for v in probabilities],
-        "predicted": predicted,
-        "label": labels[predicted] if predicted < len(labels) else str(predicted),
-        **{key: answer[key] for key in SETTINGS_KEYS if key in answer},
-    }
-
-
-SETTINGS_KEYS = (
-    "target", "convergence_delta", "n_steps", "method", "baseline", "keep_special_tokens",
-    "layer", "truncated", "family", "layout",
-)

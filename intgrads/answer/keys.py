@@ -1,0 +1,43 @@
+"""The answer's keys and dtypes, and its size before compression (no torch import).
+
+An answer is one dict per sentence. Its tensors, for a sentence of T tokens, hidden size H and N steps:
+
+    integrated_gradients    (1, T, H)    IG = (x - b) * sum_k w_k g_k
+    intermediate_gradients  (N, T, H)    g_k = dF_target/dz at z_k
+    step_sizes              (N, 1)       w_k
+    intermediates           (N, T, H)    z_k = b + a_k (x - b)
+    token_attributions      (T,)         IG summed over H
+    logits                  (1, labels)  at the input
+    input_ids               (1, T)       int64
+
+plus ``tokens`` and ``convergence_delta``, and the settings keys (always sent).
+"""
+
+from __future__ import annotations
+
+# The answer keys a client may choose with a request's "outputs" (the settings keys are always kept).
+OUTPUT_NAMES = ("integrated_gradients", "intermediate_gradients", "step_sizes", "intermediates", "tokens",
+                "input_ids", "token_attributions", "logits", "convergence_delta")
+# What was actually used, and what the model is: always in the answer and its summary.
+SETTINGS_KEYS = ("target", "convergence_delta", "n_steps", "method", "baseline", "keep_special_tokens",
+                 "layer", "truncated", "family", "layout")
+# The float dtypes an answer may be sent in (a request's "dtype"; float32 is as computed).
+DTYPE_NAMES = ("float32", "float16")
+DTYPE_BYTES = {"float32": 4, "float16": 2}
+
+
+def estimate_answer_bytes(n_tokens: int, hidden: int, n_steps: int, *, dtype: str = "float32", outputs=None) -> int:
+    """Bytes of one answer's tensors before gzip, for the ``dtype`` and the ``outputs`` asked for (None: all):
+
+        size = bytes(dtype) * (T * H * (N * [intermediates] + N * [intermediate_gradients]
+                                        + [integrated_gradients]) + N + 2 T) + 64 T + 4096
+
+    where [name] is 1 when that output is sent, the last terms a bound on the small keys."""
+    size = DTYPE_BYTES.get(dtype, 4)
+
+    def kept(name):
+        return outputs is None or name in outputs
+
+    big = n_tokens * hidden * (n_steps * (kept("intermediates") + kept("intermediate_gradients"))
+                               + kept("integrated_gradients"))
+    return size * (big + n_steps + 2 * n_tokens) + 64 * n_tokens + 4096

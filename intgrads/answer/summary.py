@@ -1,0 +1,25 @@
+"""The JSON summary of an answer: what a client needs without the big tensors."""
+
+from __future__ import annotations
+
+import torch
+
+from .keys import SETTINGS_KEYS
+
+
+def summarize_answer(answer: dict) -> dict:
+    """A JSON-able digest of one answer: tokens, token attributions, logits, probabilities = softmax(logits),
+    the predicted class (argmax) and its label, and the settings keys."""
+    logits = answer["logits"].reshape(-1).double()
+    probabilities = torch.softmax(logits, dim=0)
+    predicted = int(torch.argmax(logits))
+    labels = answer.get("label_names") or []
+    return {
+        "tokens": list(answer["tokens"]),
+        "token_attributions": [float(v) for v in answer["token_attributions"]],
+        "logits": [float(v) for v in logits],
+        "probabilities": [float(v) for v in probabilities],
+        "predicted": predicted,
+        "label": labels[predicted] if predicted < len(labels) else str(predicted),
+        **{key: answer[key] for key in SETTINGS_KEYS if key in answer},
+    }

@@ -1,0 +1,137 @@
+"""``intgrads-client``: send a file of sentences (``intgrads-client FILE -o DIR --url URL``) or draw an answer
+(``intgrads-client render ANSWER.gzip -o out.png|out.html``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .index import INDEX_NAME, OutputBusy
+from .inputs import read_sentences
+from .sender import TOKEN_ENV, Client, RunAborted
+
+
+def _target(value: str):
+    if value == "predicted":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"target must be an integer class or 'predicted'; got {value!r}") from None
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; got {value!r}")
+    return number
+
+
+def _send_parser() -> argparse.ArgumentParser:
+    from ..engine.baselines import BASELINES
+    from ..engine.quadrature import METHODS
+
+    parser = argparse.ArgumentParser(
+        prog="intgrads-client",
+        description="Send sentences to intgrads servers; write one answer file per sentence and index.jsonl. "
+                    "(`intgrads-client render ANSWER.gzip -o out.png|out.html` draws an answer.)")
+    parser.add_argument("input", nargs="?", default="-",
+                        help="text file (one sentence a line), .csv/.tsv or .jsonl file, or - for stdin (default)")
+    parser.add_argument("-o", "--output", required=True, help="directory for the answers and index.jsonl")
+    parser.add_argument("-u", "--url", action="append", required=True, metavar="URL",
+                        help="predictions URL, e.g. http://127.0.0.1:8080/predictions/bert (repeat, or separate "
+                             "with commas, for several servers: requests go round-robin)")
+    parser.add_argument("--format", choices=("text", "csv", "jsonl"),
+                        help="input format (default: from the file name; stdin: text)")
+    parser.add_argument("--column", help="CSV column or JSONL key holding the sentence "
+                                         "(default: sequence, sentence or text)")
+    parser.add_argument("--target", type=_target, help="class whose logit is attributed, or 'predicted'")
+    parser.add_argument("--n-steps", type=_positive_int, help="quadrature steps")
+    parser.add_argument("--method", choices=METHODS, help="quadrature rule")
+    parser.add_argument("--baseline", choices=BASELINES, help="baseline")
+    auth = parser.add_mutually_exclusive_group()
+    auth.add_argument("--token", help=f"inference key (default: ${TOKEN_ENV} if set)")
+    auth.add_argument("--key-file", help="TorchServe's key_file.json: its inference key is used")
+    parser.add_argument("-j", "--concurrency", type=_positive_int, default=4, help="requests in flight (default 4)")
+    parser.add_argument("--retries", type=int, default=5, help="tries after a 5xx or connection error (default 5)")
+    parser.add_argument("--backoff", type=float, default=1.0, help="first retry wait in seconds, doubled each "
+                                                                    "time (default 1)")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for one answer (default 300)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def _render_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="intgrads-client render",
+                                     description="Draw an answer: token heatmap and accumulated attribution along "
+                                                 "the path, as a PNG or a self-contained HTML page.")
+    parser.add_argument("answer", help="answer file (.gzip) saved from the server")
+    parser.add_argument("-o", "--output", help="out.png or out.html (default: the answer's name with .png)")
+    parser.add_argument("--top", type=int, default=8, help="tokens named in the path panel's legend (default 8)")
+    return parser
+
+
+def main(argv=None) -> int:
+    """Console entry point; returns the exit status (0 all answered, 1 some failed, 2 usage, 130 Ctrl-C)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "render":
+        return _main_render(argv[1:])
+    if argv and argv[0] == "send":
+        argv = argv[1:]
+    return _main_send(argv)
+
+
+def _main_render(argv) -> int:
+    args = _render_parser().parse_args(argv)
+    from ..answer.codec import load_answer
+    from ..pictures import render_answer
+
+    output = args.output or str(Path(args.answer).with_suffix(".png"))
+    try:
+        answer = load_answer(args.answer)
+        render_answer(answer, output, top=args.top)
+    except (OSError, ValueError, KeyError) as error:
+        print(f"intgrads-client render: {error}", file=sys.stderr)
+        return 2
+    print(output)
+    return 0
+
+
+def _main_send(argv) -> int:
+    parser = _send_parser()
+    args = parser.parse_args(argv)
+    urls = [url.strip() for value in args.url for url in value.split(",") if url.strip()]
+    try:
+        client = Client(urls, token=args.token, key_file=args.key_file, retries=args.retries, backoff=args.backoff,
+                        timeout=args.timeout)
+        sentences = read_sentences(args.input, format=args.format, column=args.column)
+    except (OSError, ValueError) as error:
+        parser.error(str(error))
+    if not sentences:
+        print("intgrads-client: no sentences in the input", file=sys.stderr)
+        return 0
+    try:
+        report = client.run(sentences, args.output, target=args.target, n_steps=args.n_steps, method=args.method,
+                            baseline=args.baseline, concurrency=args.concurrency, progress=not args.no_progress)
+    except RunAborted as error:
+        print(f"intgrads-client: {error}", file=sys.stderr)
+        return 1
+    except OutputBusy as error:
+        print(f"intgrads-client: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\nintgrads-client: interrupted; what was answered is in {Path(args.output) / INDEX_NAME}; "
+              "run the same command again to go on", file=sys.stderr)
+        return 130
+    print(f"intgrads-client: {report.answered} answered, {report.skipped} already there, {report.failed} failed "
+          f"in {report.seconds:.1f} s; index: {report.index}", file=sys.stderr)
+    for line, error in sorted(report.errors.items())[:5]:
+        print(f"  line {line}: {error}", file=sys.stderr)
+    if len(report.errors) > 5:
+        print(f"  ... {len(report.errors) - 5} more in the index", file=sys.stderr)
+    return 1 if report.failed else 0
+

@@ -1,0 +1,87 @@
+"""The output directory of a client run: answer files written atomically, ``index.jsonl`` (one record per
+sentence) and the lock that keeps two runs from mixing."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+from ..system import pid_alive
+
+INDEX_NAME = "index.jsonl"
+LOCK_NAME = ".intgrads-client.lock"
+
+
+class OutputBusy(RuntimeError):
+    """Another client is writing into the same output directory."""
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    try:
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def lock_output(output: Path) -> Path:
+    """Create ``output/.intgrads-client.lock`` (host and pid), taking over a stale one left on this host."""
+    path = output / LOCK_NAME
+    mine = json.dumps({"host": socket.gethostname(), "pid": os.getpid()})
+    for _ in range(2):
+        try:
+            descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                holder = json.loads(path.read_text(encoding="utf-8"))
+                host, pid = str(holder["host"]), int(holder["pid"])
+            except (OSError, ValueError, KeyError, TypeError):
+                host, pid = "?", -1
+            if host == socket.gethostname() and not pid_alive(pid):
+                path.unlink(missing_ok=True)   # its client is gone
+                continue
+            raise OutputBusy(f"another intgrads-client (pid {pid} on {host}) is writing into {output}; "
+                             f"if it is no longer running, delete {path}") from None
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(mine)
+        return path
+    raise OutputBusy(f"cannot lock {output}: delete {path}")
+
+
+def read_index(path) -> dict[int, dict]:
+    """The index's records by line number (the last record of a line wins; a torn last line is ignored)."""
+    records: dict[int, dict] = {}
+    try:
+        handle = open(path, encoding="utf-8")
+    except FileNotFoundError:
+        return records
+    with handle:
+        for text in handle:
+            try:
+                record = json.loads(text)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("line"), int):
+                records[record["line"]] = record
+    return records
+
+
+def write_index(path, records: dict[int, dict]) -> None:
+    """Rewrite the index with one record per line number, in order (temp file, then rename)."""
+    path = Path(path)
+    if not records and not path.exists():
+        return
+    text = "".join(json.dumps(records[line], ensure_ascii=False) + "\n" for line in sorted(records))
+    write_atomically(path, text.encode("utf-8"))
+
+
+def is_done(record, sentence, options, output) -> bool:
+    return bool(record and not record.get("error") and record.get("file") and record.get("sentence") == sentence
+                and (record.get("options") or {}) == options and (output / record["file"]).is_file())

@@ -1,0 +1,119 @@
+"""Reading the client's input: sentences from a text, CSV/TSV or JSONL file or stdin, and TorchServe's key file."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+
+
+def read_key_file(path) -> str:
+    """The inference key from TorchServe's ``key_file.json`` (``{"inference": {"key": ...}, ...}``)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            keys = json.load(handle)
+    except OSError as error:
+        raise ValueError(f"cannot read the key file {path}: {error.strerror or error}") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"the key file {path} is not JSON: {error}") from None
+    try:
+        key = keys["inference"]["key"]
+    except (KeyError, TypeError):
+        raise ValueError(f"the key file {path} has no inference key (expected TorchServe's key_file.json, "
+                         '{"inference": {"key": ...}, ...})') from None
+    if not isinstance(key, str) or not key:
+        raise ValueError(f"the key file {path} has an empty inference key")
+    return key
+
+
+def _open_text(path):
+    if str(path) == "-":
+        return io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8-sig", newline="")
+    return open(path, encoding="utf-8-sig", newline="")
+
+
+def guess_format(path) -> str:
+    suffix = Path(str(path)).suffix.lower()
+    if suffix in (".csv", ".tsv"):
+        return "csv"
+    if suffix in (".jsonl", ".ndjson"):
+        return "jsonl"
+    return "text"
+
+
+DEFAULT_COLUMNS = ("sequence", "sentence", "text")
+
+
+def read_sentences(path, *, format: str | None = None, column: str | None = None) -> list[tuple[int, str]]:
+    """``[(line, sentence), ...]`` from a text file (one sentence a line), a CSV or JSONL column, or ``"-"``
+    (stdin, text unless ``format`` says otherwise). Blank sentences are left out; numbering keeps counting.
+
+    ``column``: the CSV header name or JSONL key (default: ``sequence``, ``sentence`` or ``text``, whichever
+    is there, or the only column); a JSONL line may also be a bare JSON string.
+    """
+    format = format or ("text" if str(path) == "-" else guess_format(path))
+    if format not in ("text", "csv", "jsonl"):
+        raise ValueError(f"format must be text, csv or jsonl; got {format!r}")
+    with _open_text(path) as handle:
+        if format == "text":
+            rows = ((number, line.rstrip("\r\n")) for number, line in enumerate(handle, 1))
+            return [(number, text) for number, text in rows if text.strip()]
+        if format == "csv":
+            return _read_csv(handle, path, column)
+        return _read_jsonl(handle, path, column)
+
+
+def _pick_column(names, column, where):
+    if column is not None:
+        if column not in names:
+            raise ValueError(f"{where} has no column {column!r}; it has {', '.join(map(str, names))}")
+        return column
+    for name in DEFAULT_COLUMNS:
+        if name in names:
+            return name
+    if len(names) == 1:
+        return names[0]
+    raise ValueError(f"{where} has columns {', '.join(map(str, names))}: say which holds the sentences "
+                     "with --column")
+
+
+def _read_csv(handle, path, column):
+    dialect = csv.excel_tab if str(path).lower().endswith(".tsv") else csv.excel
+    reader = csv.reader(handle, dialect)
+    header = next(reader, None)
+    if header is None:
+        return []
+    name = _pick_column(header, column, f"the CSV {path}")
+    position = header.index(name)
+    out = []
+    for number, row in enumerate(reader, 1):
+        value = row[position] if position < len(row) else ""
+        if value.strip():
+            out.append((number, value))
+    return out
+
+
+def _read_jsonl(handle, path, column):
+    out = []
+    for number, line in enumerate(handle, 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} line {number} is not JSON: {error}") from None
+        if isinstance(item, str):
+            value = item
+        elif isinstance(item, dict):
+            value = item.get(_pick_column(list(item), column, f"{path} line {number}"))
+        else:
+            raise ValueError(f"{path} line {number} is neither an object nor a string")
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise ValueError(f"{path} line {number}: the sentence is not a string ({value!r})")
+        if value.strip():
+            out.append((number, value))
+    return out

