@@ -35,7 +35,9 @@ from pathlib import Path
 import torch
 
 import intgrads
-from intgrads.answer.keys import estimate_answer_bytes
+from intgrads.answer.keys import HANDOFF_HEADER, SUMMARY_HEADER, estimate_answer_bytes
+from intgrads.answer.summary import index_record
+from intgrads.serving.handoff import HandoffDir, HandoffFull
 from intgrads.serving.request import DEFAULT_LIMITS, DEFAULT_OPTIONS, RequestError, lower_keys, parse_request
 from intgrads.system import usable_cores
 
@@ -64,6 +66,7 @@ class IntgradsHandler:
         self.defaults = dict(DEFAULT_OPTIONS)
         self.limits = dict(DEFAULT_LIMITS)
         self.model_name = "MODEL"
+        self.handoff: HandoffDir | None = None
 
     # ------------------------------------------------------------------ initialize
     def initialize(self, context):
@@ -85,6 +88,7 @@ class IntgradsHandler:
             if os.environ.get("INTGRADS_MAX_RESPONSE_BYTES"):
                 self.limits["max_response_bytes"] = int(os.environ["INTGRADS_MAX_RESPONSE_BYTES"])
 
+            self.handoff = HandoffDir.from_environment()
             if os.environ.get("INTGRADS_REUSE_MEMORY", "1") != "0":
                 intgrads.reuse_freed_memory()
             device = self._device(settings, properties)
@@ -228,23 +232,50 @@ class IntgradsHandler:
                     continue
                 request, answer, engine_seconds = result
                 encode_started = time.perf_counter()
-                if request.want_json:
-                    summary = (intgrads.summarize_answer(answer) if request.single
-                               else [intgrads.summarize_answer(item) for item in answer])
-                    self._set(context, index, 200, "OK", JSON_TYPE)
-                    out.append(json.dumps(summary))
-                else:
-                    self._set(context, index, 200, "OK", GZIP_TYPE)
-                    encoding = request.encoding or {}
-                    dtype = encoding.get("dtype")
-                    out.append(intgrads.encode_answer(answer, outputs=encoding.get("outputs"),
-                                                      dtype=None if dtype in (None, "float32") else dtype))
+                out.append(self._answer(context, index, request, answer))
                 self._timing_headers(context, index, engine_seconds, time.perf_counter() - encode_started)
+            except RequestError as error:
+                out.append(self._error(context, index, error))
             except Exception as error:  # noqa: BLE001
                 logger.exception("intgrads: could not encode the answer")
                 out.append(self._error(context, index, RequestError(
                     f"internal error while encoding the answer: {type(error).__name__}: {error}", status=500)))
         return out
+
+    def _answer(self, context, index, request, answer):
+        """The JSON summary, the gzip answer in the body, or (hand-off) the gzip answer written as a file on this
+        machine and a small JSON naming it. A one-sentence answer's index record rides in X-Intgrads-Summary."""
+        if request.single:
+            record = index_record(intgrads.summarize_answer(answer))
+            self._header(context, index, SUMMARY_HEADER, json.dumps(record, ensure_ascii=True, allow_nan=True))
+        if request.want_json:
+            summary = (intgrads.summarize_answer(answer) if request.single
+                       else [intgrads.summarize_answer(item) for item in answer])
+            self._set(context, index, 200, "OK", JSON_TYPE)
+            return json.dumps(summary)
+        encoding = request.encoding or {}
+        dtype = encoding.get("dtype")
+        payload = intgrads.encode_answer(answer, outputs=encoding.get("outputs"),
+                                         dtype=None if dtype in (None, "float32") else dtype)
+        if not (request.handoff and self.handoff is not None):
+            self._set(context, index, 200, "OK", GZIP_TYPE)
+            return payload
+        try:
+            path = self.handoff.put(payload)
+        except HandoffFull as error:
+            raise RequestError(str(error), status=507) from None
+        self._set(context, index, 200, "OK", JSON_TYPE)
+        self._header(context, index, HANDOFF_HEADER, str(path))
+        return json.dumps({"file": str(path), "bytes": len(payload)})
+
+    @staticmethod
+    def _header(context, index, name, value):
+        if context is None:
+            return
+        try:
+            context.set_response_header(index, name, value)
+        except Exception:  # noqa: BLE001 - a bare Context without request processors
+            pass
 
     def _error(self, context, index, error: RequestError) -> str:
         self._set(context, index, error.status, error.message[:200], JSON_TYPE)

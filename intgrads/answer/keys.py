@@ -41,3 +41,11 @@ def estimate_answer_bytes(n_tokens: int, hidden: int, n_steps: int, *, dtype: st
     big = n_tokens * hidden * (n_steps * (kept("intermediates") + kept("intermediate_gradients"))
                                + kept("integrated_gradients"))
     return size * (big + n_steps + 2 * n_tokens) + 64 * n_tokens + 4096
+
+
+# HTTP headers of the answer path. A client on the server's own machine asks with HANDOFF_HEADER: "file" to get
+# the answer as a file the server wrote (the header of the reply then names it) instead of the body; every
+# answer of one sentence carries its index record (see ``summary.index_record``) in SUMMARY_HEADER.
+HANDOFF_HEADER = "X-Intgrads-Handoff"
+HANDOFF_REQUEST = "file"
+SUMMARY_HEADER = "X-Intgrads-Summary"

@@ -23,3 +23,16 @@ def summarize_answer(answer: dict) -> dict:
         "label": labels[predicted] if predicted < len(labels) else str(predicted),
         **{key: answer[key] for key in SETTINGS_KEYS if key in answer},
     }
+
+
+INDEX_KEYS = ("predicted", "label", "probability", "target", "n_steps", "method", "baseline", "convergence_delta")
+
+
+def index_record(summary: dict) -> dict:
+    """The few fields a batch client's index keeps of one answer's summary: the predicted class, its label and
+    probability, and the settings used (``summary`` from :func:`summarize_answer`)."""
+    predicted = summary["predicted"]
+    record = {"predicted": predicted, "label": summary["label"],
+              "probability": round(summary["probabilities"][predicted], 6)}
+    record.update({key: summary.get(key) for key in INDEX_KEYS[3:]})
+    return record

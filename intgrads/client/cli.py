@@ -127,6 +127,9 @@ def _main_send(argv) -> int:
         print(f"\nintgrads-client: interrupted; what was answered is in {Path(args.output) / INDEX_NAME}; "
               "run the same command again to go on", file=sys.stderr)
         return 130
+    if client.handoff_fallbacks:
+        print(f"intgrads-client: the server's answer files could not be taken, so answers came in the body "
+              f"({client.handoff_fallbacks[0]})", file=sys.stderr)
     print(f"intgrads-client: {report.answered} answered, {report.skipped} already there, {report.failed} failed "
           f"in {report.seconds:.1f} s; index: {report.index}", file=sys.stderr)
     for line, error in sorted(report.errors.items())[:5]:

@@ -14,11 +14,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
+from urllib.parse import urlsplit
 
 import requests
 import urllib3
 
-from .index import INDEX_NAME, is_done, lock_output, write_atomically, read_index, write_index
+from ..answer.keys import HANDOFF_HEADER, HANDOFF_REQUEST, SUMMARY_HEADER
+from .index import (INDEX_NAME, HandoffRefused, collect_handoff, is_done, lock_output, read_index, write_atomically,
+                    write_index)
 from .inputs import read_key_file
 
 OPTION_KEYS = ("target", "n_steps", "method", "baseline")
@@ -136,12 +139,14 @@ class Client:
         self._next_url = itertools.cycle(range(len(self.urls)))
         self._url_lock = threading.Lock()
         self._local = threading.local()
+        self._no_handoff: set = set()
+        self.handoff_fallbacks: list = []   # why a server's answer files could not be taken (then: bodies)
 
     # -- one sentence ---------------------------------------------------------------------------------------
 
     def fetch(self, sentence: str, *, target=None, n_steps=None, method=None, baseline=None) -> bytes:
         """The server's gzip answer for ``sentence``: the bytes it sent (decode with ``intgrads.decode_answer``)."""
-        body, _, _ = self._post(sentence, _request_options(target, n_steps, method, baseline), binary=True)
+        body = self._post(sentence, _request_options(target, n_steps, method, baseline), binary=True)[0]
         return body
 
     def attribute(self, sentence: str, *, target=None, n_steps=None, method=None, baseline=None) -> dict:
@@ -152,7 +157,7 @@ class Client:
 
     def summary(self, sentence: str, *, target=None, n_steps=None, method=None, baseline=None) -> dict:
         """The server's JSON summary for ``sentence`` (``Accept: application/json``)."""
-        body, _, _ = self._post(sentence, _request_options(target, n_steps, method, baseline), binary=False)
+        body = self._post(sentence, _request_options(target, n_steps, method, baseline), binary=False)[0]
         return json.loads(_gunzip_if_needed(body))
 
     # -- many sentences -------------------------------------------------------------------------------------
@@ -246,14 +251,8 @@ class Client:
             started = time.monotonic()
             record = {"line": line, "sentence": sentence}
             try:
-                body, url, attempts = self._post(sentence, options, binary=True, stop=stop)
-                try:
-                    fields = _answer_fields(body)
-                except ClientError as error:
-                    error.url, error.attempts = url, attempts
-                    raise
                 name = f"{line:06d}.gzip"
-                write_atomically(output / name, body)
+                fields, url, attempts = self._answer_into(output / name, sentence, options, stop)
                 record.update(file=name, **fields, seconds=round(time.monotonic() - started, 4), attempts=attempts,
                               url=url, options=options)
                 results.put((record, None))
@@ -267,6 +266,32 @@ class Client:
                               seconds=round(time.monotonic() - started, 4), attempts=1, url=None, options=options)
                 results.put((record, ClientError(str(error))))
 
+    def _answer_into(self, path: Path, sentence: str, options: dict, stop) -> tuple[dict, str, int]:
+        """Get one answer into ``path`` and its index fields: from a server on this machine, the file it wrote
+        (renamed here, no copy); else, or when that file cannot be taken, the body. Returns (fields, url, tries)."""
+        body, url, attempts, headers = self._post(sentence, options, binary=True, stop=stop, handoff=True)
+        handed = headers.get(HANDOFF_HEADER)
+        if handed:
+            try:
+                collect_handoff(handed, path)
+                body = None
+            except (OSError, HandoffRefused) as error:
+                with self._url_lock:
+                    self._no_handoff.add(url)   # this server's files are out of reach: bodies from now on
+                self.handoff_fallbacks.append(f"{url}: {error}")
+                body, url, more, headers = self._post(sentence, options, binary=True, stop=stop, handoff=False)
+                attempts += more
+        if body is not None:
+            write_atomically(path, body)
+        try:
+            fields = fields_from_header(headers.get(SUMMARY_HEADER)) or _answer_fields(
+                body if body is not None else path.read_bytes())
+        except ClientError as error:
+            path.unlink(missing_ok=True)
+            error.url, error.attempts = url, attempts
+            raise
+        return fields, url, attempts
+
     # -- HTTP -----------------------------------------------------------------------------------------------
 
     def _session(self) -> requests.Session:
@@ -275,12 +300,21 @@ class Client:
             session = self._local.session = requests.Session()
         return session
 
+    def _may_handoff(self, url: str) -> bool:
+        """Ask for the answer as a file only from a server on this machine (a loopback URL) whose files we have
+        not failed to take."""
+        host = urlsplit(url).hostname or ""
+        with self._url_lock:
+            refused = url in self._no_handoff
+        return not refused and (host == "localhost" or host == "::1" or host.startswith("127."))
+
     def _pick_url(self) -> str:
         with self._url_lock:
             return self.urls[next(self._next_url)]
 
-    def _post(self, sentence, options, *, binary: bool, stop: threading.Event | None = None):
-        """POST once per try until an answer; returns ``(body, url, attempts)`` or raises :class:`ClientError`."""
+    def _post(self, sentence, options, *, binary: bool, stop: threading.Event | None = None, handoff: bool = False):
+        """POST once per try until an answer; returns ``(body, url, attempts, headers)`` or raises
+        :class:`ClientError`. ``handoff``: ask a server on this machine for the answer as a file."""
         payload = {"sequence": sentence, **options}
         headers = {"Content-Type": "application/json",
                    "Accept": "application/gzip" if binary else "application/json"}
@@ -291,18 +325,21 @@ class Client:
             attempt += 1
             url = self._pick_url()
             retry_after = None
+            asked = dict(headers)
+            if handoff and binary and self._may_handoff(url):
+                asked[HANDOFF_HEADER] = HANDOFF_REQUEST
             try:
-                response = self._session().post(url, json=payload, headers=headers, stream=True,
+                response = self._session().post(url, json=payload, headers=asked, stream=True,
                                                 timeout=(min(10.0, self.timeout), self.timeout))
                 with response:
                     body = response.raw.read(decode_content=False)
                 status = response.status_code
                 if status == 200:
-                    if binary and body[:2] != GZIP_MAGIC:
+                    if binary and body[:2] != GZIP_MAGIC and not response.headers.get(HANDOFF_HEADER):
                         raise ClientError(f"the server at {url} answered 200 but not with a gzip answer "
                                           f"({response.headers.get('Content-Type', 'no content type')})",
                                           status=status, url=url, attempts=attempt)
-                    return body, url, attempt
+                    return body, url, attempt, response.headers
                 error = ClientError(f"HTTP {status}: {_error_text(body)}", status=status, url=url, attempts=attempt)
                 retry_after = _retry_after(response.headers.get("Retry-After"))
             except ClientError:
@@ -356,10 +393,21 @@ def _numbered(sentences) -> list[tuple[int, str]]:
     return items
 
 
+def fields_from_header(value: str | None) -> dict | None:
+    """The index fields a server sent in X-Intgrads-Summary (None when it sent none or garbage)."""
+    if not value:
+        return None
+    try:
+        fields = json.loads(value)
+    except ValueError:
+        return None
+    return fields if isinstance(fields, dict) and "predicted" in fields else None
+
+
 def _answer_fields(body: bytes) -> dict:
-    """The index fields of one answer: predicted class, its probability, target, settings, delta."""
+    """The index fields of one answer, decoded from its bytes (a server that sends no X-Intgrads-Summary)."""
     from ..answer.codec import decode_answer
-    from ..answer.summary import summarize_answer
+    from ..answer.summary import index_record, summarize_answer
 
     try:
         answer = decode_answer(body)
@@ -369,18 +417,7 @@ def _answer_fields(body: bytes) -> dict:
         answer = answer[0]
     if not isinstance(answer, dict) or "logits" not in answer:
         raise ClientError("the server's answer is not an intgrads answer dict")
-    summary = summarize_answer(answer)
-    predicted = summary["predicted"]
-    return {
-        "predicted": predicted,
-        "label": summary["label"],
-        "probability": round(summary["probabilities"][predicted], 6),
-        "target": summary.get("target"),
-        "n_steps": summary.get("n_steps"),
-        "method": summary.get("method"),
-        "baseline": summary.get("baseline"),
-        "convergence_delta": summary.get("convergence_delta"),
-    }
+    return index_record(summarize_answer(answer))
 
 
 def _progress_bar(total, enabled):

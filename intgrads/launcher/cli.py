@@ -126,6 +126,10 @@ def _limit_flags(limits):
                              "one pass, a 512-token bert-base request under 4 GB on CPU; 0: all steps at once)")
     limits.add_argument("--max-body-bytes", type=int, default=1_048_576, metavar="N",
                         help="largest request body accepted, in bytes (default 1 MB)")
+    limits.add_argument("--handoff-max-bytes", type=int, default=4 * 1024 ** 3, metavar="N",
+                        help="on loopback, answers asked for as files (X-Intgrads-Handoff: file, as intgrads-client "
+                             "does) are written to the run directory's handoff/ and expire after 10 minutes; "
+                             "at most N bytes wait there (default 4 GiB; 0: answers always in the body)")
     limits.add_argument("--response-timeout", type=int, default=None, metavar="S",
                         help="seconds a worker may take for one batch (default from config.properties)")
     limits.add_argument("--startup-timeout", type=int, default=None, metavar="S",
@@ -167,6 +171,8 @@ def check_flags(args):
                         ("--max-chars", args.max_chars), ("--max-body-bytes", args.max_body_bytes)):
         if value < 1:
             raise LaunchError(f"{flag} must be at least 1", code=2)
+    if args.handoff_max_bytes < 0:
+        raise LaunchError("--handoff-max-bytes must be 0 (no hand-off) or more", code=2)
     if args.chunk_tokens is not None and args.chunk_tokens < 0:
         raise LaunchError("--chunk-tokens must be 0 (all steps at once) or more", code=2)
     if args.max_batch_delay < 0:

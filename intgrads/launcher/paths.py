@@ -73,6 +73,10 @@ class RunPaths:
         return self.tmp / ".model_server.pid"
 
     @property
+    def handoff(self) -> Path:
+        return self.run_dir / "handoff"
+
+    @property
     def state(self) -> Path:
         return self.run_dir / "state.json"
 

@@ -163,6 +163,7 @@ def stop_server(paths: RunPaths, quiet: bool = False, timeout: float = 60) -> bo
             leftover.unlink()
         except OSError:
             pass
+    shutil.rmtree(paths.handoff, ignore_errors=True)   # uncollected answers
     if state:
         state["stopped_at"] = time.time()
         paths.state.write_text(json.dumps(state, indent=1), encoding="utf-8")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -103,6 +104,10 @@ def build_and_configure(launch: Launch):
     for path in (paths.run_dir, paths.tmp, paths.logs):
         path.mkdir(parents=True, exist_ok=True)
     (paths.run_dir / "key_file.json").unlink(missing_ok=True)
+    shutil.rmtree(paths.handoff, ignore_errors=True)   # answers a previous run left uncollected
+    if handoff_enabled(launch):
+        paths.handoff.mkdir(mode=0o700)
+        os.chmod(paths.handoff, 0o700)
     launch.props = write_run_config(paths.config, base_props, host=launch.host, ports=launch.ports,
                                     model_store=launch.model_store, mar_names=mars, token_auth=launch.token_auth,
                                     args=args, source=str(base_config) if base_config else "built-in defaults")
@@ -120,7 +125,17 @@ def torchserve_env(launch: Launch) -> dict:
                 "INTGRADS_MAX_RESPONSE_BYTES": launch.props.get("max_response_size", "1073741824"),
                 "TS_DECODE_INPUT_REQUEST": launch.props.get("decode_input_request", "false")})
     env.pop("TS_CONFIG_FILE", None)
+    for name in ("INTGRADS_HANDOFF_DIR", "INTGRADS_HANDOFF_MAX_BYTES"):
+        env.pop(name, None)
+    if handoff_enabled(launch):
+        env.update({"INTGRADS_HANDOFF_DIR": str(launch.paths.handoff),
+                    "INTGRADS_HANDOFF_MAX_BYTES": str(launch.args.handoff_max_bytes)})
     return env
+
+
+def handoff_enabled(launch: Launch) -> bool:
+    """Answers as files only for a server on loopback (its clients share its machine) and a positive bound."""
+    return not launch.token_auth and is_loopback(launch.host) and launch.args.handoff_max_bytes > 0
 
 
 def launch_torchserve(launch: Launch):

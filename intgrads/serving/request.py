@@ -22,7 +22,7 @@ import json
 import math
 from dataclasses import dataclass, field
 
-from ..answer.keys import DTYPE_NAMES, OUTPUT_NAMES
+from ..answer.keys import DTYPE_NAMES, HANDOFF_HEADER, HANDOFF_REQUEST, OUTPUT_NAMES
 from ..engine.baselines import BASELINES
 from ..engine.quadrature import METHODS, min_steps
 
@@ -61,6 +61,7 @@ class Request:
     want_json: bool = False  # JSON summary instead of the gzip answer
     given: list = field(default_factory=list)   # the option names the client set
     encoding: dict = field(default_factory=dict)  # {"dtype": "float32"|"float16", "outputs": list|None}
+    handoff: bool = False    # the client asked for the answer as a file on this machine (X-Intgrads-Handoff)
 
 
 def usage_curl(url: str = "http://127.0.0.1:8888/predictions/MODEL") -> str:
@@ -355,5 +356,17 @@ def parse_request(parts, headers=None, *, model_name: str = "MODEL", num_labels:
         options[name] = fields[name]
     check_options(options, num_labels=num_labels, limits=limits)
     encoding = check_encoding(fields)
-    return Request(encoding=encoding, sequences=sequences, single=single, options=options, want_json=wants_json(headers, explain),
-                   given=given)
+    return Request(encoding=encoding, sequences=sequences, single=single, options=options,
+                   want_json=wants_json(headers, explain), given=given, handoff=wants_handoff(headers))
+
+
+def wants_handoff(headers: dict) -> bool:
+    """``X-Intgrads-Handoff: file``: the answer as a file the server writes; any other value is refused (the
+    server alone chooses where an answer goes)."""
+    value = headers.get(HANDOFF_HEADER.lower())
+    if value is None:
+        return False
+    if value.strip().lower() != HANDOFF_REQUEST:
+        raise RequestError(f"{HANDOFF_HEADER} takes only \"{HANDOFF_REQUEST}\" (the server chooses where the answer "
+                           "file goes); leave the header out to get the answer in the body")
+    return True
