@@ -37,6 +37,7 @@ import torch
 import intgrads
 from intgrads.answer.keys import HANDOFF_HEADER, SUMMARY_HEADER, estimate_answer_bytes
 from intgrads.answer.summary import index_record
+from intgrads.engine.diagnostics import NON_FINITE
 from intgrads.serving.handoff import HandoffDir, HandoffFull
 from intgrads.serving.request import DEFAULT_LIMITS, DEFAULT_OPTIONS, RequestError, lower_keys, parse_request
 from intgrads.system import usable_cores
@@ -196,11 +197,15 @@ class IntgradsHandler:
                 results.append(request)
                 continue
             started = time.perf_counter()
-            extra = {"chunk_tokens": int(self.limits["chunk_tokens"])} if self.limits.get("chunk_tokens") else {}
+            chunk = self.limits.get("chunk_tokens")   # 0 or None (--chunk-tokens 0): every step at once
+            extra = {"chunk_tokens": int(chunk) if chunk else None}
             try:
                 answer = intgrads.attribute(self.bundle, request.sequences[0] if request.single else request.sequences,
                                             max_tokens=self._max_tokens(), **request.options, **extra)
+                _refuse_non_finite(answer)
                 results.append((request, answer, time.perf_counter() - started))
+            except RequestError as error:
+                results.append(error)
             except ValueError as error:
                 results.append(RequestError(str(error)))
             except torch.cuda.OutOfMemoryError:
@@ -310,6 +315,15 @@ class IntgradsHandler:
         self.context = context
         logger.info("intgrads: batch of %d request(s)", len(data))
         return self.postprocess(self.inference(self.preprocess(data, context), context), context)
+
+
+def _refuse_non_finite(answer):
+    """An answer with NaN or infinity is not sent: 422 naming the sentence and what to try."""
+    for index, item in enumerate(answer if isinstance(answer, list) else [answer]):
+        for warning in item.get("warnings", []):
+            if warning.startswith(NON_FINITE):
+                where = "" if not isinstance(answer, list) else f"sequences[{index}]: "
+                raise RequestError(f"{where}{warning}", status=422)
 
 
 def _phrase(text: str) -> str:

@@ -132,6 +132,9 @@ def _main_send(argv) -> int:
               f"({client.handoff_fallbacks[0]})", file=sys.stderr)
     print(f"intgrads-client: {report.answered} answered, {report.skipped} already there, {report.failed} failed "
           f"in {report.seconds:.1f} s; index: {report.index}", file=sys.stderr)
+    if report.warned:
+        print(f"intgrads-client: {report.warned} answer(s) with warnings (their \"warnings\" in {report.index})",
+              file=sys.stderr)
     for line, error in sorted(report.errors.items())[:5]:
         print(f"  line {line}: {error}", file=sys.stderr)
     if len(report.errors) > 5:

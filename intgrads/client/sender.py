@@ -67,6 +67,7 @@ class RunReport:
     answered: int = 0       # answered in this run
     skipped: int = 0        # already answered by an earlier run
     failed: int = 0         # failed in this run (recorded in the index with their error)
+    warned: int = 0         # answered in this run with warnings (recorded in the index)
     seconds: float = 0.0
     errors: dict = field(default_factory=dict)   # line -> error message, for this run's failures
 
@@ -226,6 +227,7 @@ class Client:
                 index_handle.flush()
                 if error is None:
                     report.answered += 1
+                    report.warned += bool(record.get("warnings"))
                 else:
                     report.failed += 1
                     report.errors[record["line"]] = record["error"]

@@ -22,18 +22,21 @@ import dataclasses
 import torch
 
 from .baselines import baseline_word_vector, baseline_word_vectors
-from .options import check_options, check_sequences
+from .diagnostics import answer_warnings
+from .options import DEFAULT_CHUNK_TOKENS, check_options, check_sequences
 from .quadrature import step_sizes_and_alphas
 
 
 def attribute(bundle, sequence_or_list, *, target=1, n_steps=50, method="gausslegendre", baseline="zero",
-              keep_special_tokens=False, internal_batch_size=None, max_tokens=512, chunk_tokens=None):
+              keep_special_tokens=False, internal_batch_size=None, max_tokens=512,
+              chunk_tokens=DEFAULT_CHUNK_TOKENS):
     """Integrated and intermediate gradients of ``bundle``'s ``target`` logit for one sentence
     (returns a dict) or a list of sentences (returns a list of dicts). See the README for the keys.
 
-    ``internal_batch_size`` is the number of interpolation rows per forward/backward chunk (all at
-    once when None, as in captum). ``chunk_tokens``, used only when ``internal_batch_size`` is None,
-    bounds memory instead: a chunk holds at most that many (padded) tokens, at least one row."""
+    ``internal_batch_size`` is the number of interpolation rows per forward/backward chunk. When it is None,
+    ``chunk_tokens`` bounds memory instead: a chunk holds at most that many (padded) tokens, at least one row
+    (default 3200, the launcher's; None: every step at once, as captum does). Chunks change no number beyond
+    float rounding (1e-6)."""
     sentences, single = check_sequences(sequence_or_list)
     tokenizer = bundle.tokenizer
     options = check_options(
@@ -64,6 +67,7 @@ def _encode(bundle, sentences, max_tokens):
         "attention_mask": mask,
         "special": encoded["special_tokens_mask"].to(device).bool() & mask.bool(),
         "truncated": [length > max_tokens for length in full_lengths],
+        "full_lengths": full_lengths,
     }
     if bundle.accepts_token_types:
         batch["token_type_ids"] = encoded["token_type_ids"].to(device)
@@ -154,35 +158,48 @@ def _attribute_batch(bundle, batch, options):
             chosen = logits.gather(1, targets[owner].view(-1, 1)).sum()
             (grads[rows],) = torch.autograd.grad(chosen, z)
 
-    answers = []
-    for i in range(n_sentences):
-        keep = batch["attention_mask"][i].bool()
-        xi, bi = x[i][keep], b[i][keep]
-        gi = grads[i * steps:(i + 1) * steps][:, keep]
-        total = (gi.reshape(steps, -1) * weights).sum(dim=0).view_as(xi)
-        ig = (xi - bi) * total
-        target = int(targets[i])
-        delta = float(ig.sum() - (logits_x[i, target] - logits_b[i, target]))
-        ids = batch["input_ids"][i][keep].cpu()
-        answers.append({
-            "integrated_gradients": ig.unsqueeze(0).cpu(),
-            "intermediate_gradients": gi.cpu(),
-            "step_sizes": weights.cpu(),
-            "intermediates": (bi + alpha.view(-1, 1, 1) * (xi - bi)).cpu(),
-            "tokens": bundle.tokenizer.convert_ids_to_tokens(ids.tolist()),
-            "input_ids": ids.view(1, -1),
-            "token_attributions": ig.sum(dim=-1).cpu(),
-            "logits": logits_x[i:i + 1].cpu(),
-            "convergence_delta": delta,
-            "target": target,
-            "n_steps": steps,
-            "method": options.method,
-            "baseline": options.baseline,
-            "keep_special_tokens": options.keep_special_tokens,
-            "layer": bundle.layer_name,
-            "truncated": bool(batch["truncated"][i]),
-            "family": bundle.family,
-            "layout": bundle.layout,
-            "label_names": list(bundle.label_names),
-        })
-    return answers
+    return [_sentence_answer(bundle, batch, options, i, x=x, b=b, grads=grads[i * steps:(i + 1) * steps],
+                             weights=weights, alphas=alphas, logits_x=logits_x, logits_b=logits_b,
+                             target=int(targets[i]))
+            for i in range(n_sentences)]
+
+
+def _sentence_answer(bundle, batch, options, i, *, x, b, grads, weights, alphas, logits_x, logits_b, target):
+    """The answer dict of sentence ``i`` of the batch (padding dropped), with its warnings."""
+    steps = options.n_steps
+    keep = batch["attention_mask"][i].bool()
+    xi, bi = x[i][keep], b[i][keep]
+    gi = grads[:, keep]
+    total = (gi.reshape(steps, -1) * weights).sum(dim=0).view_as(xi)
+    ig = (xi - bi) * total
+    f_input, f_baseline = float(logits_x[i, target]), float(logits_b[i, target])
+    delta = float(ig.sum() - (logits_x[i, target] - logits_b[i, target]))
+    ids = batch["input_ids"][i][keep].cpu()
+    alpha = torch.tensor(alphas, dtype=x.dtype, device=x.device)
+    finite = bool(torch.isfinite(gi).all() and torch.isfinite(ig).all() and torch.isfinite(logits_x[i]).all())
+    warnings = answer_warnings(delta=delta, f_input=f_input, f_baseline=f_baseline,
+                               step_maxima=gi.abs().amax(dim=(1, 2)).tolist(), alphas=alphas, n_steps=steps,
+                               finite=finite, full_length=batch["full_lengths"][i], max_tokens=options.max_tokens)
+    return {
+        "integrated_gradients": ig.unsqueeze(0).cpu(),
+        "intermediate_gradients": gi.cpu(),
+        "step_sizes": weights.cpu(),
+        "intermediates": (bi + alpha.view(-1, 1, 1) * (xi - bi)).cpu(),
+        "tokens": bundle.tokenizer.convert_ids_to_tokens(ids.tolist()),
+        "input_ids": ids.view(1, -1),
+        "token_attributions": ig.sum(dim=-1).cpu(),
+        "logits": logits_x[i:i + 1].cpu(),
+        "convergence_delta": delta,
+        "target": target,
+        "n_steps": steps,
+        "method": options.method,
+        "baseline": options.baseline,
+        "keep_special_tokens": options.keep_special_tokens,
+        "layer": bundle.layer_name,
+        "truncated": bool(batch["truncated"][i]),
+        "family": bundle.family,
+        "layout": bundle.layout,
+        "activation": bundle.activation,
+        "label_names": list(bundle.label_names),
+        "warnings": warnings,
+    }

@@ -15,6 +15,7 @@ model, reported batch-first).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -24,18 +25,25 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 
 FAMILIES = ("bert", "xlnet-base", "xlnet-large", "hf")
 
+# XLNet's feed-forward activation as the old tool's models ran it. The XLNet code of the transformers 2.x/3.0
+# era computed "gelu" as the tanh approximation 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), and the
+# original checkpoints were trained with it. transformers 5 calls that "gelu_new" and maps "gelu" to the exact
+# erf GELU, which differs by up to ~5e-4 where pre-activations are O(1). So -xlb/-xll models run "gelu_new"
+# unless their --config names an activation ("ff_activation": "gelu" asks for the exact GELU).
+XLNET_ACTIVATION = "gelu_new"
+
 # Shapes of the public checkpoints, so that no network is needed to build the models.
 FAMILY_CONFIGS = {
     "bert": (BertConfig, dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                               intermediate_size=3072, hidden_act="gelu", max_position_embeddings=512,
                               type_vocab_size=2, layer_norm_eps=1e-12, pad_token_id=0, num_labels=2)),
     "xlnet-base": (XLNetConfig, dict(vocab_size=32000, d_model=768, n_layer=12, n_head=12, d_inner=3072,
-                                     ff_activation="gelu", untie_r=True, attn_type="bi", layer_norm_eps=1e-12,
+                                     ff_activation=XLNET_ACTIVATION, untie_r=True, attn_type="bi", layer_norm_eps=1e-12,
                                      bi_data=False, clamp_len=-1, same_length=False, summary_type="last",
                                      summary_use_proj=True, summary_activation="tanh",
                                      pad_token_id=5, bos_token_id=1, eos_token_id=2, num_labels=2)),
     "xlnet-large": (XLNetConfig, dict(vocab_size=32000, d_model=1024, n_layer=24, n_head=16, d_inner=4096,
-                                      ff_activation="gelu", untie_r=True, attn_type="bi", layer_norm_eps=1e-12,
+                                      ff_activation=XLNET_ACTIVATION, untie_r=True, attn_type="bi", layer_norm_eps=1e-12,
                                       bi_data=False, clamp_len=-1, same_length=False, summary_type="last",
                                       summary_use_proj=True, summary_activation="tanh",
                                       pad_token_id=5, bos_token_id=1, eos_token_id=2, num_labels=2)),
@@ -60,7 +68,19 @@ def family_config(family: str, config=None):
     if not path.is_file():
         raise FileNotFoundError(f"config not found: {config} (give a config.json or a directory holding one)")
     loaded = config_class.from_json_file(str(path))
+    if config_class is XLNetConfig and "ff_activation" not in json.loads(path.read_text(encoding="utf-8")):
+        loaded.ff_activation = XLNET_ACTIVATION   # a config that names none: the old tool's activation
     return loaded
+
+
+def activation_of(model) -> str | None:
+    """The name of the model's feed-forward activation as its config gives it (None when it has none)."""
+    config = model.config
+    for name in ("ff_activation", "hidden_act", "activation", "hidden_activation"):
+        value = getattr(config, name, None)
+        if isinstance(value, str):
+            return value
+    return None
 
 
 def is_legacy_bert(state: dict) -> bool:

@@ -34,6 +34,7 @@ class ModelBundle:
     accepts_token_types: bool
     source: str = ""
     label_names: list = field(default_factory=list)
+    activation: str | None = None   # the feed-forward activation that runs (config name, e.g. "gelu_new")
     # attribute() substitutes the layer's output inside the model while it runs: one call at a time
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -77,6 +78,7 @@ def load_model(family: str, weights, *, config=None, tokenizer=None, device="cpu
         accepts_token_types="token_type_ids" in inspect.signature(model.forward).parameters,
         source=str(weights),
         label_names=[str(config_labels.get(i, i)) for i in range(int(model.config.num_labels))],
+        activation=families.activation_of(model),
     )
 
 

@@ -8,6 +8,10 @@ from .baselines import BASELINES
 from .quadrature import METHODS, min_steps
 
 MAX_STEPS = 1000
+# Padded tokens per forward/backward chunk when no internal_batch_size is given: 3200 = 64 tokens x 50 steps in
+# one pass. A 512-token bert-base-shape request (6 interpolation rows a chunk) then peaks at ~2.9 GB RSS on CPU,
+# against > 10 GB with every step at once (docs/benchmarks.md, part 4). chunk_tokens=None runs every step at once.
+DEFAULT_CHUNK_TOKENS = 3200
 
 
 @dataclass(frozen=True)

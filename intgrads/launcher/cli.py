@@ -13,14 +13,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..engine.options import DEFAULT_CHUNK_TOKENS
 from ..system import usable_cores
 from .paths import LaunchError, project_home, run_paths
 from .process import stop_server
 
-# Tokens per forward/backward chunk when a request sets no internal_batch_size (scripts/bench.py part 4,
-# docs/benchmarks.md): 3200 = 64 tokens x 50 steps in one pass; a 512-token bert-base request (6 rows a
-# chunk) peaks at ~2.9 GB RSS on CPU, against > 10 GB all at once.
-DEFAULT_CHUNK_TOKENS = 3200
 MAX_DEFAULT_CPU_WORKERS = 4
 
 

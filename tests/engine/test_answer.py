@@ -17,7 +17,7 @@ N_STEPS = 5
 
 KEYS = {"integrated_gradients", "intermediate_gradients", "step_sizes", "intermediates", "tokens", "input_ids",
         "token_attributions", "logits", "convergence_delta", "target", "n_steps", "method", "baseline", "layer",
-        "truncated", "keep_special_tokens", "family", "layout"}
+        "truncated", "keep_special_tokens", "family", "layout", "activation", "warnings"}
 TENSOR_KEYS = ("integrated_gradients", "intermediate_gradients", "step_sizes", "intermediates", "input_ids",
                "token_attributions", "logits")
 
@@ -121,7 +121,7 @@ def test_summary_is_json(answers, model):
     assert json.loads(text) == summary
     for key in ("tokens", "token_attributions", "probabilities", "predicted", "label", "target",
                 "convergence_delta", "n_steps", "method", "baseline", "keep_special_tokens", "layer", "truncated",
-                "family", "layout"):
+                "family", "layout", "activation", "warnings"):
         assert key in summary, key
     assert summary["tokens"] == answer["tokens"]
     assert summary["token_attributions"] == pytest.approx(answer["token_attributions"].tolist())

@@ -14,7 +14,7 @@ from intgrads.answer.keys import OUTPUT_NAMES
 from intgrads.answer.keys import DTYPE_NAMES
 
 METADATA = ("target", "n_steps", "method", "baseline", "keep_special_tokens", "layer", "truncated", "family",
-            "layout")
+            "layout", "activation", "warnings")
 
 
 @pytest.fixture(scope="module")
