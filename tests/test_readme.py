@@ -93,12 +93,20 @@ def test_readme_commands_run_as_written(readme_server):
     assert summary["label"] == "negative" and summary["tokens"][1:5] == ["the", "food", "was", "awful"]
     workers = next(json.loads(out) for command, out in outputs if command.startswith("curl http://127.0.0.1:8889/models/demo"))
     assert len(workers[0]["workers"]) == 3
+    handed = next(json.loads(out) for command, out in outputs if "X-Intgrads-Handoff: file" in command)
+    handed_file = Path(handed["file"])
+    assert handed_file.parent == ROOT / "logs" / "serve-8888" / "handoff"
+    assert handed_file.stat().st_size == handed["bytes"] and intgrads_answer(handed_file)["tokens"][1] == "the"
     index = [json.loads(line) for line in (ROOT / "answers" / "index.jsonl").read_text().splitlines()]
     assert [record["label"] for record in index] == ["positive", "negative"]
     assert (ROOT / "attribution.png").stat().st_size > 10_000
     assert (ROOT / "kserve-layout" / "model-store" / "demo.mar").is_file()
     run(STOP)
     assert not port_busy(8888)
+
+
+def intgrads_answer(path: Path) -> dict:
+    return torch.load(_gunzip(path), weights_only=True)
 
 
 def _gunzip(path: Path):
