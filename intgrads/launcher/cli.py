@@ -84,8 +84,9 @@ def _device_flags(device):
     where.add_argument("--cpu", dest="cuda", action="store_false", help="run the workers on the CPU (default)")
     device.add_argument("--num-cuda-devs", type=int, default=1, metavar="N",
                         help="with --cuda: spread the workers over GPUs 0..N-1 (default 1)")
-    device.add_argument("--workers-per-gpu", type=int, default=1, metavar="N",
-                        help="with --cuda: workers per GPU and model (default 1)")
+    device.add_argument("--workers-per-gpu", type=int, default=2, metavar="N",
+                        help="with --cuda: workers per GPU and model (default 2: one encodes while the other "
+                             "computes)")
     device.add_argument("--workers", type=int, default=None, metavar="N",
                         help="on CPU: workers per model (default: one per core, at most 4 in all, the layout "
                              "with the most sentences/s; --workers 1 for one request at a time); each uses "
