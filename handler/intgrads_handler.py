@@ -12,7 +12,8 @@ by the launcher at archive time::
       device: cpu                  # cpu | cuda (each worker then runs on its own gpu_id)
       torch_threads: 0             # 0: cores / workers
       defaults: {target: 1, n_steps: 50, method: gausslegendre, baseline: zero, ...}
-      limits: {max_steps: 500, max_tokens: 512, max_sequences: 16, max_chars: 100000, max_response_bytes: ...}
+      limits: {max_steps: 500, max_tokens: 512, max_sequences: 16, max_chars: 100000, max_response_bytes: ...,
+               gzip_level: 1}   # 0: stored gzip (the launcher's default with --cuda)
 
 Environment overrides (set by the launcher for a run): ``INTGRADS_TORCH_THREADS``, ``INTGRADS_MAX_RESPONSE_BYTES``;
 ``INTGRADS_REUSE_MEMORY=0`` keeps glibc's default memory handling (see ``intgrads.reuse_freed_memory``).
@@ -35,9 +36,11 @@ from pathlib import Path
 import torch
 
 import intgrads
-from intgrads.answer.keys import HANDOFF_HEADER, SUMMARY_HEADER, estimate_answer_bytes
+from intgrads.answer.keys import HANDOFF_HEADER, SUMMARY_HEADER
 from intgrads.answer.summary import index_record
+from intgrads.engine.budget import DeadlineExceeded, deadline_for
 from intgrads.engine.diagnostics import NON_FINITE
+from intgrads.serving.guards import check_answer_size, check_work, deadline_error, sentence_lengths, work_budget
 from intgrads.serving.handoff import HandoffDir, HandoffFull
 from intgrads.serving.request import DEFAULT_LIMITS, DEFAULT_OPTIONS, RequestError, lower_keys, parse_request
 from intgrads.system import usable_cores
@@ -68,6 +71,8 @@ class IntgradsHandler:
         self.limits = dict(DEFAULT_LIMITS)
         self.model_name = "MODEL"
         self.handoff: HandoffDir | None = None
+        self.response_timeout = 1800.0
+        self.work_budget: float | None = None    # G multiply-accumulates per request (None: no limit)
 
     # ------------------------------------------------------------------ initialize
     def initialize(self, context):
@@ -95,6 +100,8 @@ class IntgradsHandler:
             device = self._device(settings, properties)
             threads = self._threads(settings, yaml_config, device)
             torch.set_num_threads(threads)
+            self.response_timeout = float(yaml_config.get("responseTimeout") or 1800)
+            self.work_budget = work_budget(self.limits.get("max_work"), self.response_timeout, device, threads)
 
             def inside(name):
                 value = settings.get(name)
@@ -149,8 +156,11 @@ class IntgradsHandler:
                 request = parse_request(parts, headers, model_name=self.model_name,
                                         num_labels=self.bundle.num_labels, defaults=self.defaults,
                                         limits=self.limits, explain=explain)
+                lengths = sentence_lengths(self.bundle, request.sequences, self._max_tokens())
                 if not request.want_json:
-                    self._check_answer_size(request)
+                    check_answer_size(request, lengths, int(self.bundle.word_embedding.weight.shape[1]),
+                                      int(self.limits["max_response_bytes"]))
+                check_work(request, lengths, self.bundle.model, self.work_budget, self.response_timeout)
                 parsed.append(request)
             except RequestError as error:
                 parsed.append(error)
@@ -166,24 +176,6 @@ class IntgradsHandler:
         except Exception:  # noqa: BLE001 - no headers known (e.g. a bare Context)
             return {}
 
-    def _check_answer_size(self, request):
-        """413 before any work when the answer (for its dtype and outputs) would pass max_response_size."""
-        tokenizer = self.bundle.tokenizer
-        max_tokens = self._max_tokens()
-        hidden = int(self.bundle.word_embedding.weight.shape[1])
-        encoding = request.encoding or {}
-        dtype, outputs = encoding.get("dtype") or "float32", encoding.get("outputs")
-        steps = request.options["n_steps"]
-        lengths = [min(len(ids), max_tokens) for ids in tokenizer(request.sequences, add_special_tokens=True)["input_ids"]]
-        total = sum(estimate_answer_bytes(length, hidden, steps, dtype=dtype, outputs=outputs) for length in lengths)
-        limit = int(self.limits["max_response_bytes"])
-        if total > limit * 0.95:
-            raise RequestError(
-                f"the answer would hold about {total / 1e6:.0f} MB ({sum(lengths)} tokens x {hidden} x "
-                f"{steps} steps, {dtype}), more than this server sends ({limit / 1e6:.0f} MB, max_response_size): "
-                "ask for fewer n_steps, shorter text or fewer sequences, \"dtype\": \"float16\", \"outputs\" "
-                "without intermediates, or use Accept: application/json for the summary", status=413)
-
     def _max_tokens(self) -> int:
         limit = int(self.limits["max_tokens"])
         positions = self.bundle.max_positions
@@ -192,13 +184,14 @@ class IntgradsHandler:
     def inference(self, requests, context):
         """Run the engine for each request in turn; an engine refusal becomes that request's 4xx."""
         results = []
+        deadline = deadline_for(time.monotonic(), self.response_timeout)   # TorchServe's clock runs for the batch
         for request in requests:
             if isinstance(request, RequestError):
                 results.append(request)
                 continue
             started = time.perf_counter()
             chunk = self.limits.get("chunk_tokens")   # 0 or None (--chunk-tokens 0): every step at once
-            extra = {"chunk_tokens": int(chunk) if chunk else None}
+            extra = {"chunk_tokens": int(chunk) if chunk else None, "deadline": deadline}
             try:
                 answer = intgrads.attribute(self.bundle, request.sequences[0] if request.single else request.sequences,
                                             max_tokens=self._max_tokens(), **request.options, **extra)
@@ -206,6 +199,9 @@ class IntgradsHandler:
                 results.append((request, answer, time.perf_counter() - started))
             except RequestError as error:
                 results.append(error)
+            except DeadlineExceeded as error:
+                self._free_memory()
+                results.append(deadline_error(error, self.response_timeout))
             except ValueError as error:
                 results.append(RequestError(str(error)))
             except torch.cuda.OutOfMemoryError:
@@ -261,7 +257,8 @@ class IntgradsHandler:
         encoding = request.encoding or {}
         dtype = encoding.get("dtype")
         payload = intgrads.encode_answer(answer, outputs=encoding.get("outputs"),
-                                         dtype=None if dtype in (None, "float32") else dtype)
+                                         dtype=None if dtype in (None, "float32") else dtype,
+                                         level=int(self.limits.get("gzip_level", 1)))
         if not (request.handoff and self.handoff is not None):
             self._set(context, index, 200, "OK", GZIP_TYPE)
             return payload

@@ -7,8 +7,9 @@ computation is GPU-fast, served with ``--hf-model`` (12.4 MB answers at 64 token
 Each gets N sentences of T tokens, at 50 steps. Ways timed:
 
 - engine (GPU only): ``intgrads.attribute`` alone, one sentence after another (the engine's own throughput);
-- in process: ``intgrads.attribute`` (the launcher's chunk_tokens), ``encode_answer``, then the file written and
-  fsynced as ``intgrads-client`` writes it, one sentence after another;
+- in process: ``intgrads.attribute`` (the launcher's chunk_tokens), ``encode_answer`` (the launcher's gzip level
+  for the device: 1 on CPU, 0 on a GPU), then the file written and fsynced as ``intgrads-client`` writes it, one
+  sentence after another;
 - served: the launcher's defaults (with ``--cuda --workers-per-gpu W`` on a GPU, for each W given), then
   ``intgrads-client FILE -o DIR --url URL`` with its defaults, timed from the client's start to its end.
 
@@ -130,10 +131,12 @@ def in_process(model: dict, texts: list[str], out: Path, chunk_tokens: int, devi
     import intgrads
     from intgrads.client.index import write_atomically
 
+    level = 0 if device == "cuda" else 1     # the launcher's default --gzip-level for the device
     intgrads.reuse_freed_memory()
     bundle = intgrads.load_model(model["family"], model["weights"], config=model["config"],
                                  tokenizer=model["tokenizer"], device=device)
-    payload = intgrads.encode_answer(intgrads.attribute(bundle, texts[0], chunk_tokens=chunk_tokens))   # warm-up
+    payload = intgrads.encode_answer(intgrads.attribute(bundle, texts[0], chunk_tokens=chunk_tokens),
+                                     level=level)   # warm-up
     out.mkdir(parents=True, exist_ok=True)
     result = {}
     if device == "cuda":
@@ -148,7 +151,7 @@ def in_process(model: dict, texts: list[str], out: Path, chunk_tokens: int, devi
         result["cuda_peak_reserved"] = torch.cuda.max_memory_reserved()
     cpu0, wall0 = time.process_time(), time.perf_counter()
     for index, text in enumerate(texts):
-        payload = intgrads.encode_answer(intgrads.attribute(bundle, text, chunk_tokens=chunk_tokens))
+        payload = intgrads.encode_answer(intgrads.attribute(bundle, text, chunk_tokens=chunk_tokens), level=level)
         write_atomically(out / f"{index:06d}.gzip", payload)
     result.update(wall=time.perf_counter() - wall0, cpu=time.process_time() - cpu0, bytes=len(payload))
     result["fsync"] = fsync_seconds(out / "probe.gzip", payload)

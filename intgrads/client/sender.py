@@ -45,7 +45,8 @@ class ClientError(Exception):
 
     @property
     def retryable(self) -> bool:
-        return self.status is None or self.status >= 500
+        """No answer, or a 5xx other than 504: the server's own deadline, which the same request meets again."""
+        return self.status is None or (self.status >= 500 and self.status != 504)
 
     @property
     def fatal(self) -> bool:

@@ -22,6 +22,7 @@ import dataclasses
 import torch
 
 from .baselines import baseline_word_vector, baseline_word_vectors
+from .budget import check_deadline
 from .diagnostics import answer_warnings
 from .options import DEFAULT_CHUNK_TOKENS, check_options, check_sequences
 from .quadrature import step_sizes_and_alphas
@@ -29,14 +30,15 @@ from .quadrature import step_sizes_and_alphas
 
 def attribute(bundle, sequence_or_list, *, target=1, n_steps=50, method="gausslegendre", baseline="zero",
               keep_special_tokens=False, internal_batch_size=None, max_tokens=512,
-              chunk_tokens=DEFAULT_CHUNK_TOKENS):
+              chunk_tokens=DEFAULT_CHUNK_TOKENS, deadline=None):
     """Integrated and intermediate gradients of ``bundle``'s ``target`` logit for one sentence
     (returns a dict) or a list of sentences (returns a list of dicts). See the README for the keys.
 
     ``internal_batch_size`` is the number of interpolation rows per forward/backward chunk. When it is None,
     ``chunk_tokens`` bounds memory instead: a chunk holds at most that many (padded) tokens, at least one row
     (default 3200, the launcher's; None: every step at once, as captum does). Chunks change no number beyond
-    float rounding (1e-6)."""
+    float rounding (1e-6). ``deadline`` (a ``time.monotonic()`` value) is checked before each chunk: once it
+    has passed, :class:`~intgrads.engine.budget.DeadlineExceeded` is raised and the work stops there."""
     sentences, single = check_sequences(sequence_or_list)
     tokenizer = bundle.tokenizer
     options = check_options(
@@ -51,7 +53,7 @@ def attribute(bundle, sequence_or_list, *, target=1, n_steps=50, method="gaussle
         rows = max(1, chunk_tokens // batch["input_ids"].shape[1])
         options = dataclasses.replace(options, internal_batch_size=rows)
     with bundle.lock:  # the layer substitution must not interleave with another thread's call
-        answers = _attribute_batch(bundle, batch, options)
+        answers = _attribute_batch(bundle, batch, options, deadline)
     return answers[0] if single else answers
 
 
@@ -131,7 +133,7 @@ def _layer_values(bundle, batch, options):
     return value[:n], value[n:], logits[:n], logits[n:]
 
 
-def _attribute_batch(bundle, batch, options):
+def _attribute_batch(bundle, batch, options, deadline=None):
     n_sentences = batch["input_ids"].shape[0]
     x, b, logits_x, logits_b = _layer_values(bundle, batch, options)
     if options.target == "predicted":
@@ -149,6 +151,7 @@ def _attribute_batch(bundle, batch, options):
     row_sentence = torch.arange(n_sentences, device=x.device).repeat_interleave(steps)
     row_alpha = alpha.repeat(n_sentences)
     for start in range(0, total_rows, chunk):
+        check_deadline(deadline, start, total_rows, x.device)
         rows = slice(start, min(start + chunk, total_rows))
         owner = row_sentence[rows]
         with torch.enable_grad():

@@ -93,9 +93,16 @@ def archive_settings(spec: ModelSpec, args, tokenizer_in_archive: str | None, co
         "limits": {"max_steps": args.max_steps, "max_tokens": args.max_tokens, "max_sequences": args.max_sequences,
                    "max_chars": args.max_chars, "max_body_bytes": args.max_body_bytes,
                    "chunk_tokens": args.chunk_tokens,
+                   "gzip_level": gzip_level(args), "max_work": getattr(args, "max_work", None),
                    "max_response_bytes": int(config_props.get("max_response_size", 1073741824))},
     }
     return model_config
+
+
+def gzip_level(args) -> int:
+    """--gzip-level, else 0 (stored) with --cuda and 1 (compressed) on CPU."""
+    level = getattr(args, "gzip_level", None)
+    return level if level is not None else (0 if args.cuda else 1)
 
 
 def build_archive(spec: ModelSpec, args, model_store: Path, config_props: dict, archiver: str) -> tuple[Path, bool]:

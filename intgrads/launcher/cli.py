@@ -124,6 +124,13 @@ def _limit_flags(limits):
                              "one pass, a 512-token bert-base request under 4 GB on CPU; 0: all steps at once)")
     limits.add_argument("--max-body-bytes", type=int, default=1_048_576, metavar="N",
                         help="largest request body accepted, in bytes (default 1 MB)")
+    limits.add_argument("--max-work", type=float, default=None, metavar="G",
+                        help="work budget per request, in G multiply-accumulates (sentences x tokens x steps x "
+                             "model size; see the README, Limits); over it: 413 before any work (default: what a worker "
+                             "does in half its response timeout; 0: no limit)")
+    limits.add_argument("--gzip-level", type=int, choices=(0, 1), default=None, metavar="{0,1}",
+                        help="answers' gzip: 1 compresses (ISA-L), 0 stores (~5x faster to write, ~8%% larger "
+                             "for float32 gradients); default 0 with --cuda, where encoding sets the pace, else 1")
     limits.add_argument("--handoff-max-bytes", type=int, default=4 * 1024 ** 3, metavar="N",
                         help="on loopback, answers asked for as files (X-Intgrads-Handoff: file, as intgrads-client "
                              "does) are written to the run directory's handoff/ and expire after 10 minutes; "
@@ -171,6 +178,8 @@ def check_flags(args):
             raise LaunchError(f"{flag} must be at least 1", code=2)
     if args.handoff_max_bytes < 0:
         raise LaunchError("--handoff-max-bytes must be 0 (no hand-off) or more", code=2)
+    if args.max_work is not None and args.max_work < 0:
+        raise LaunchError("--max-work must be 0 (no limit) or more", code=2)
     if args.chunk_tokens is not None and args.chunk_tokens < 0:
         raise LaunchError("--chunk-tokens must be 0 (all steps at once) or more", code=2)
     if args.max_batch_delay < 0:

@@ -87,3 +87,30 @@ def test_import_and_launcher_help_do_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout
     assert out.strip().splitlines()[-1] == "[]"
     assert callable(intgrads.encode_answer) and "prepare_answer" in dir(intgrads)
+
+
+@pytest.mark.parametrize("size", [0, 1, 65534, 65535, 65536, 3 * 65535 + 7])
+def test_stored_gzip_is_what_any_gzip_reader_reads(size):
+    """gzip_stored against the standard library's reader: the same bytes back, the size formula, the header."""
+    from intgrads.answer.codec import gzip_stored
+
+    data = torch.randint(0, 256, (size,), generator=torch.Generator().manual_seed(size), dtype=torch.uint8)
+    data = data.numpy().tobytes()
+    payload = gzip_stored(data)
+    assert gzip.decompress(payload) == data
+    assert len(payload) == size + 18 + 5 * max(1, -(-size // 65535))
+    assert payload[:4] == b"\x1f\x8b\x08\x00" and payload[10] & 0b110 == 0
+
+
+def test_level_0_answers_load_with_the_snippet_and_equal_level_1(answer):
+    stored = intgrads.encode_answer(answer, level=0)
+    compressed = intgrads.encode_answer(answer)
+    assert stored != compressed and len(stored) > len(compressed)
+    a, b = snippet_load(stored), snippet_load(compressed)
+    assert a.keys() == b.keys()
+    for key, value in a.items():
+        assert torch.equal(value, b[key]) if isinstance(value, torch.Tensor) else value == b[key]
+    assert torch.equal(snippet_load(intgrads.encode_answer(answer, level=0, dtype="float16"))["intermediates"],
+                       answer["intermediates"].half())
+    with pytest.raises(ValueError, match="level must be one of 0, 1"):
+        intgrads.encode_answer(answer, level=9)

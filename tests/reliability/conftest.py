@@ -22,7 +22,7 @@ REFERENCE = {"sequence": "the acting was wonderful but the plot was thin.", "n_s
 # category -> [cases tried, cases passed]; filled by the tests through the ``tally`` fixture
 TALLY: "OrderedDict[str, list]" = OrderedDict()
 FIGURES: list = []   # lines printed under the table (latencies...)
-CATEGORIES = ("1 bad input", "2 load", "3 faults", "4 determinism", "5 security")
+CATEGORIES = ("1 bad input", "2 load", "3 faults", "4 determinism", "5 security", "6 shared server")
 
 
 class Tally:

@@ -3,6 +3,8 @@ X-Intgrads-Summary: real TorchServe, real HTTP, the real client."""
 
 from __future__ import annotations
 
+import gzip
+import io
 import json
 import os
 import stat
@@ -138,11 +140,33 @@ def test_uncollected_files_expire_and_the_directory_is_bounded(tmp_path):
 def small_handoff_server(tmp_path_factory, bert_files):
     server = start_server(tmp_path_factory, "handoff-bound",
                           ["-bp", bert_files.weights, "--config", bert_files.config, "--tokenizer", bert_files.tokenizer,
-                           "--workers", "1", "--handoff-max-bytes", "1000"])
+                           "--workers", "1", "--handoff-max-bytes", "1000", "--gzip-level", "0"])
     try:
         yield server
     finally:
         server.stop()
+
+
+def test_gzip_level_0_serves_stored_answers_that_load_the_same(server, small_handoff_server):
+    """--gzip-level 0: the body is a gzip of stored deflate blocks (BTYPE 00), the README's snippet loads it,
+    and it holds the answer of the default server's compressed one."""
+    request = {"sequence": SENTENCES[2], "n_steps": 6}
+    stored = requests.post(small_handoff_server.url("bert"), json=request, timeout=120)
+    compressed = requests.post(server.url("bert"), json=request, timeout=120)
+    assert stored.status_code == 200 and compressed.status_code == 200
+    assert stored.content[:2] == b"\x1f\x8b" and stored.content[10] & 0b110 == 0          # first block stored
+    assert compressed.content[10] & 0b110 != 0                                               # compressed
+    raw = gzip.decompress(stored.content)
+    assert len(stored.content) == len(raw) + 18 + 5 * -(-len(raw) // 65535)
+    a, b = torch.load(io.BytesIO(raw), weights_only=True), intgrads.decode_answer(compressed.content)
+    assert a.keys() == b.keys()
+    for key, value in a.items():   # the two servers run other torch thread counts: equal to float rounding
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            assert torch.allclose(value, b[key], rtol=1e-4, atol=1e-6 * float(b[key].abs().max())), key
+        elif isinstance(value, torch.Tensor):
+            assert torch.equal(value, b[key]), key
+        else:
+            assert value == b[key] or key == "convergence_delta", key
 
 
 def test_a_full_handoff_directory_answers_507_and_the_body_still_works(small_handoff_server):

@@ -208,6 +208,20 @@ def test_workers_flag_and_cuda_override_the_default():
     assert resolve_workers(parser.parse_args(["--demo", "--workers", "1"]), 1, cores=2) == 1
     gpu = parser.parse_args(["--demo", "--cuda", "--num-cuda-devs", "2", "--workers-per-gpu", "3"])
     assert resolve_workers(gpu, 1, cores=2) == 6
+    assert resolve_workers(parser.parse_args(["--demo", "--cuda"]), 1, cores=2) == 2    # two per GPU by default
+
+
+def test_gzip_level_defaults_to_stored_on_gpus_only():
+    from intgrads.launcher import build_parser
+    from intgrads.launcher.archive import gzip_level
+
+    parser = build_parser()
+    assert gzip_level(parser.parse_args(["--demo"])) == 1
+    assert gzip_level(parser.parse_args(["--demo", "--cuda"])) == 0
+    assert gzip_level(parser.parse_args(["--demo", "--cuda", "--gzip-level", "1"])) == 1
+    assert gzip_level(parser.parse_args(["--demo", "--gzip-level", "0"])) == 0
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--demo", "--gzip-level", "5"])
 
 
 def test_a_run_directory_too_deep_for_worker_sockets_is_refused(tmp_path):
