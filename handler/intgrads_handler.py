@@ -72,6 +72,7 @@ class IntgradsHandler:
         self.model_name = "MODEL"
         self.handoff: HandoffDir | None = None
         self.response_timeout = 1800.0
+        self._answer_bytes = 0   # the last answer's size (gzip, file or JSON), for the metrics
         self.work_budget: float | None = None    # G multiply-accumulates per request (None: no limit)
 
     # ------------------------------------------------------------------ initialize
@@ -230,18 +231,46 @@ class IntgradsHandler:
             try:
                 if isinstance(result, RequestError):
                     out.append(self._error(context, index, result))
+                    self._metrics(context, index, result.status)
                     continue
                 request, answer, engine_seconds = result
                 encode_started = time.perf_counter()
                 out.append(self._answer(context, index, request, answer))
-                self._timing_headers(context, index, engine_seconds, time.perf_counter() - encode_started)
+                encode_seconds = time.perf_counter() - encode_started
+                self._timing_headers(context, index, engine_seconds, encode_seconds)
+                items = answer if isinstance(answer, list) else [answer]
+                self._metrics(context, index, 200, IntgradsEngineSeconds=engine_seconds,
+                              IntgradsEncodeSeconds=encode_seconds,
+                              IntgradsTokenSteps=sum(len(item["tokens"]) * item["n_steps"] for item in items),
+                              IntgradsAnswerBytes=self._answer_bytes,
+                              IntgradsWarnings=sum(len(item.get("warnings", ())) for item in items))
             except RequestError as error:
                 out.append(self._error(context, index, error))
+                self._metrics(context, index, error.status)
             except Exception as error:  # noqa: BLE001
                 logger.exception("intgrads: could not encode the answer")
                 out.append(self._error(context, index, RequestError(
                     f"internal error while encoding the answer: {type(error).__name__}: {error}", status=500)))
+                self._metrics(context, index, 500)
         return out
+
+    def _metrics(self, context, index, status, **counters):
+        """IntgradsRequests{Status} and, for an answer, its counters, as TorchServe metrics (Prometheus text on
+        the metrics port). A context without metrics (a bare Context) records nothing."""
+        metrics = getattr(context, "metrics", None)
+        if metrics is None:
+            return
+        try:
+            from ts.metrics.dimension import Dimension
+
+            def dims(*extra):
+                return [Dimension("ModelName", self.model_name), Dimension("Level", "Model"), *extra]
+
+            metrics.add_counter("IntgradsRequests", 1, idx=index, dimensions=dims(Dimension("Status", str(status))))
+            for name, value in counters.items():
+                metrics.add_counter(name, value, idx=index, dimensions=dims())
+        except Exception:  # noqa: BLE001 - metrics must never fail a request
+            logger.debug("intgrads: metrics not recorded", exc_info=True)
 
     def _answer(self, context, index, request, answer):
         """The JSON summary, the gzip answer in the body, or (hand-off) the gzip answer written as a file on this
@@ -253,12 +282,15 @@ class IntgradsHandler:
             summary = (intgrads.summarize_answer(answer) if request.single
                        else [intgrads.summarize_answer(item) for item in answer])
             self._set(context, index, 200, "OK", JSON_TYPE)
-            return json.dumps(summary)
+            body = json.dumps(summary)
+            self._answer_bytes = len(body)
+            return body
         encoding = request.encoding or {}
         dtype = encoding.get("dtype")
         payload = intgrads.encode_answer(answer, outputs=encoding.get("outputs"),
                                          dtype=None if dtype in (None, "float32") else dtype,
                                          level=int(self.limits.get("gzip_level", 1)))
+        self._answer_bytes = len(payload)
         if not (request.handoff and self.handoff is not None):
             self._set(context, index, 200, "OK", GZIP_TYPE)
             return payload
@@ -310,8 +342,31 @@ class IntgradsHandler:
         if data is None:
             return None
         self.context = context
+        if _header(context, 0, "describe") == "True":   # GET /models/NAME?customized=true
+            return [json.dumps(self.describe())]
         logger.info("intgrads: batch of %d request(s)", len(data))
         return self.postprocess(self.inference(self.preprocess(data, context), context), context)
+
+    def describe(self) -> dict:
+        """What TorchServe's describe call (``customized=true``) shows as customizedMetadata."""
+        from intgrads.engine.budget import model_shape
+
+        layers, hidden = model_shape(self.bundle.model)
+        return {"family": self.bundle.family, "layout": self.bundle.layout, "layer": self.bundle.layer_name,
+                "activation": self.bundle.activation, "device": str(self.bundle.device), "layers": layers,
+                "hidden": hidden, "num_labels": self.bundle.num_labels, "labels": list(self.bundle.label_names),
+                "max_positions": self.bundle.max_positions, "defaults": dict(self.defaults),
+                "limits": {**{k: v for k, v in self.limits.items() if k != "max_work"},
+                           "max_work_gmac": self.work_budget, "response_timeout_s": self.response_timeout},
+                "outputs": list(intgrads.OUTPUT_NAMES), "methods": list(intgrads.METHODS),
+                "baselines": list(intgrads.BASELINES)}
+
+
+def _header(context, index, name):
+    try:
+        return context.get_request_header(index, name)
+    except Exception:  # noqa: BLE001 - a bare Context without request processors
+        return None
 
 
 def _refuse_non_finite(answer):

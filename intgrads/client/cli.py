@@ -108,9 +108,16 @@ def _main_send(argv) -> int:
     try:
         client = Client(urls, token=args.token, key_file=args.key_file, retries=args.retries, backoff=args.backoff,
                         timeout=args.timeout)
-        sentences = read_sentences(args.input, format=args.format, column=args.column)
     except (OSError, ValueError) as error:
         parser.error(str(error))
+    try:
+        sentences = read_sentences(args.input, format=args.format, column=args.column)
+    except OSError as error:
+        print(f"intgrads-client: cannot read {args.input}: {error.strerror or error}", file=sys.stderr)
+        return 2
+    except ValueError as error:
+        print(f"intgrads-client: {error}", file=sys.stderr)
+        return 2
     if not sentences:
         print("intgrads-client: no sentences in the input", file=sys.stderr)
         return 0

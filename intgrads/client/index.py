@@ -4,6 +4,7 @@ sentence) and the lock that keeps two runs from mixing."""
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import re
@@ -117,6 +118,24 @@ def write_index(path, records: dict[int, dict]) -> None:
     write_atomically(path, text.encode("utf-8"))
 
 
+SENTENCE_CHARS = 1000   # longer sentences are kept in the index as their first 1000 characters and a hash
+
+
+def sentence_fields(sentence: str) -> dict:
+    """The index's record of a sentence: the sentence itself, or for a long one its first SENTENCE_CHARS
+    characters with ``sentence_chars`` (its length) and ``sentence_sha256`` (a rerun recognises it by these)."""
+    if len(sentence) <= SENTENCE_CHARS:
+        return {"sentence": sentence}
+    return {"sentence": sentence[:SENTENCE_CHARS] + "…", "sentence_chars": len(sentence),
+            "sentence_sha256": hashlib.sha256(sentence.encode("utf-8")).hexdigest()}
+
+
+def same_sentence(record, sentence: str) -> bool:
+    if "sentence_sha256" in record:
+        return record["sentence_sha256"] == hashlib.sha256(sentence.encode("utf-8")).hexdigest()
+    return record.get("sentence") == sentence
+
+
 def is_done(record, sentence, options, output) -> bool:
-    return bool(record and not record.get("error") and record.get("file") and record.get("sentence") == sentence
+    return bool(record and not record.get("error") and record.get("file") and same_sentence(record, sentence)
                 and (record.get("options") or {}) == options and (output / record["file"]).is_file())

@@ -56,13 +56,29 @@ def read_sentences(path, *, format: str | None = None, column: str | None = None
     format = format or ("text" if str(path) == "-" else guess_format(path))
     if format not in ("text", "csv", "jsonl"):
         raise ValueError(f"format must be text, csv or jsonl; got {format!r}")
-    with _open_text(path) as handle:
-        if format == "text":
-            rows = ((number, line.rstrip("\r\n")) for number, line in enumerate(handle, 1))
-            return [(number, text) for number, text in rows if text.strip()]
-        if format == "csv":
-            return _read_csv(handle, path, column)
-        return _read_jsonl(handle, path, column)
+    try:
+        with _open_text(path) as handle:
+            if format == "text":
+                rows = ((number, line.rstrip("\r\n")) for number, line in enumerate(handle, 1))
+                return [(number, text) for number, text in rows if text.strip()]
+            if format == "csv":
+                return _read_csv(handle, path, column)
+            return _read_jsonl(handle, path, column)
+    except UnicodeDecodeError as error:
+        raise ValueError(_not_utf8(path, error)) from None
+
+
+def _not_utf8(path, error: UnicodeDecodeError) -> str:
+    """Which file, where, and (for a UTF-16 byte-order mark) which encoding it looks like."""
+    name = "standard input" if str(path) == "-" else str(path)
+    head = bytes(error.object[:2]) if isinstance(error.object, (bytes, bytearray)) else b""
+    guess = ""
+    if head in (b"\xff\xfe", b"\xfe\xff"):
+        guess = " It starts with a UTF-16 byte-order mark: convert it with iconv -f UTF-16 -t UTF-8."
+    elif error.start > 0 or head:
+        guess = " If it is Latin-1 or Windows-1252, convert it with iconv -f LATIN1 -t UTF-8."
+    return (f"{name} is not UTF-8 text: byte {error.start} (0x{error.object[error.start]:02x}) starts no UTF-8 "
+            f"character. The client reads UTF-8 input only.{guess}")
 
 
 def _pick_column(names, column, where):

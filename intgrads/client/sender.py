@@ -20,8 +20,8 @@ import requests
 import urllib3
 
 from ..answer.keys import HANDOFF_HEADER, HANDOFF_REQUEST, SUMMARY_HEADER
-from .index import (INDEX_NAME, HandoffRefused, collect_handoff, is_done, lock_output, read_index, write_atomically,
-                    write_index)
+from .index import (INDEX_NAME, HandoffRefused, collect_handoff, is_done, lock_output, read_index, sentence_fields,
+                    write_atomically, write_index)
 from .inputs import read_key_file
 
 OPTION_KEYS = ("target", "n_steps", "method", "baseline")
@@ -252,7 +252,7 @@ class Client:
             except queue.Empty:
                 return
             started = time.monotonic()
-            record = {"line": line, "sentence": sentence}
+            record = {"line": line, **sentence_fields(sentence)}
             try:
                 name = f"{line:06d}.gzip"
                 fields, url, attempts = self._answer_into(output / name, sentence, options, stop)

@@ -89,16 +89,42 @@ def request_url(headers: dict, model_name: str, explain: bool = False) -> str:
     return f"http://{host}/{route}/{model_name}"
 
 
+# TorchServe hands a /predictions handler the body alone: not the method, not the URL's query string.
+NO_QUERY = ("; a GET, or a sentence and options in the URL's query string (?sequence=...&n_steps=...), reach "
+            "the model as an empty body: put them in the JSON body")
+JSON_TYPES = ("application/json", "text/json")
+GZIP_TYPES = ("application/gzip", "application/x-gzip", "application/octet-stream")
+
+
+def _accepted(accept: str) -> list[tuple[float, int, str]]:
+    """The media types of an Accept header with their q-values (RFC 9110, 12.5.1), best first; q=0 means "not
+    this one". A q that is not a number counts as 1."""
+    out = []
+    for order, part in enumerate(item for item in accept.split(",") if item.strip()):
+        kind, *params = [piece.strip() for piece in part.split(";")]
+        quality = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    quality = min(1.0, max(0.0, float(value)))
+                except ValueError:
+                    quality = 1.0
+        out.append((-quality, order, kind.lower()))
+    return sorted(out)
+
+
 def wants_json(headers: dict, explain: bool) -> bool:
-    """JSON when the route is /explanations or the client accepts JSON and not gzip/octet-stream first."""
+    """JSON when the route is /explanations, or when the client's Accept ranks JSON above gzip/octet-stream
+    (q-values first, then the order given); gzip when it names neither or refuses JSON with q=0."""
     if explain:
         return True
-    accept = headers.get("accept", "")
-    kinds = [part.split(";")[0].strip().lower() for part in accept.split(",") if part.strip()]
-    for kind in kinds:
-        if kind in ("application/json", "text/json"):
+    for negative_quality, _, kind in _accepted(headers.get("accept", "")):
+        if negative_quality == 0:
+            break
+        if kind in JSON_TYPES:
             return True
-        if kind in ("application/gzip", "application/x-gzip", "application/octet-stream"):
+        if kind in GZIP_TYPES:
             return False
     return False
 
@@ -120,14 +146,15 @@ def _body_fields(parts: dict, headers: dict, url: str) -> tuple[dict, bool]:
     if body_key is None:
         if not parts:
             raise RequestError(
-                "empty request: send a JSON body with a \"sequence\" (and say it is JSON, or TorchServe reads "
-                f"it as a form and it arrives empty), e.g. {usage_curl(url)}", usage=usage_curl(url))
+                "empty request: POST a JSON body with a \"sequence\" (and say it is JSON, or TorchServe reads "
+                f"it as a form and it arrives empty){NO_QUERY}, e.g. {usage_curl(url)}", usage=usage_curl(url))
         if any(not isinstance(value, (bytes, bytearray, str)) for value in parts.values()):
             return dict(parts), False    # already decoded JSON (a KServe envelope's instance): typed values
         return dict(parts), True
     if len(parts) > 1:
         extra = sorted(key for key in parts if key != body_key)
-        raise RequestError(f"send either a body or form fields, not both (got {', '.join(extra)} as well)")
+        raise RequestError(f"send either a body or form fields, not both (got {', '.join(extra)} as well): options "
+                           "go in the JSON body, next to \"sequence\", not in the URL's query string")
     value = parts[body_key]
     content_type = headers.get("content-type", "").split(";")[0].strip().lower()
     if isinstance(value, dict):          # TorchServe already decoded the JSON
@@ -141,14 +168,18 @@ def _body_fields(parts: dict, headers: dict, url: str) -> tuple[dict, bool]:
     text = _decode_text(value, "the request body")
     stripped = text.strip()
     if not stripped:
-        raise RequestError(f"empty request body: send a sentence, e.g. {usage_curl(url)}", usage=usage_curl(url))
+        raise RequestError(f"empty request body: POST a sentence{NO_QUERY}, e.g. {usage_curl(url)}",
+                           usage=usage_curl(url))
+    plain_text = content_type.startswith("text/") and not content_type.endswith("json")
     looks_json = stripped[0] in "{[\"" or content_type.endswith("json")
-    if content_type.startswith("text/") and not content_type.endswith("json") and stripped[0] != "{":
+    if plain_text and stripped[0] != "{":
         looks_json = False
+    if plain_text and looks_json and not _json_object(text):
+        looks_json = False   # text/plain is the sentence, even one that starts with "{"
     if not looks_json:
         return {"sequence": text}, False
     try:
-        decoded = json.loads(text)
+        decoded = json.loads(text, object_pairs_hook=_no_duplicate_keys)
     except json.JSONDecodeError as error:
         raise RequestError(f"the body is not valid JSON ({error.msg} at line {error.lineno} column {error.colno}); "
                            f"e.g. {usage_curl(url)}", usage=usage_curl(url)) from None
@@ -159,6 +190,24 @@ def _body_fields(parts: dict, headers: dict, url: str) -> tuple[dict, bool]:
         raise RequestError("the JSON body must be an object like {\"sequence\": \"...\"}; "
                            f"got {_json_type(decoded)}")
     return decoded, False
+
+
+def _no_duplicate_keys(pairs) -> dict:
+    """json.loads' object hook: a key given twice is a 400, not "the last one wins"."""
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise RequestError(f"the JSON body gives {_show(key)} twice: give each field once")
+        out[key] = value
+    return out
+
+
+def _json_object(text: str) -> bool:
+    """Whether ``text`` parses as a JSON object (duplicate keys still count: the parse then refuses them)."""
+    try:
+        return isinstance(json.loads(text), dict)
+    except (ValueError, RecursionError):
+        return False
 
 
 def _json_type(value) -> str:

@@ -273,3 +273,31 @@ def test_output_lock_and_token_from_the_environment(make_stub, tmp_path, monkeyp
     (output / LOCK_NAME).write_text(json.dumps({"host": socket.gethostname(), "pid": int(gone.stdout)}))
     report = client.run(["kind words"], output, progress=False, n_steps=4)     # a dead client's lock is taken
     assert report.answered == 1 and not (output / LOCK_NAME).exists()
+
+
+def test_a_long_sentence_is_kept_short_in_the_index_and_still_recognised(stub, tmp_path, capsys):
+    import hashlib
+
+    long_sentence = " ".join(["a rather long review of a film"] * 200)          # 6,199 characters
+    source = write_lines(tmp_path / "in.txt", ["good film", long_sentence])
+    args = [str(source), "--url", stub.url, "-o", str(tmp_path / "out"), "--n-steps", "4", "--no-progress"]
+    assert main(args) == 0
+    record = read_index(tmp_path / "out" / "index.jsonl")[2]
+    assert record["sentence"] == long_sentence[:1000] + "…" and record["sentence_chars"] == len(long_sentence)
+    assert record["sentence_sha256"] == hashlib.sha256(long_sentence.encode()).hexdigest()
+    assert len((tmp_path / "out" / "index.jsonl").read_bytes()) < 3000
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "0 answered, 2 already there, 0 failed" in capsys.readouterr().err
+    write_lines(source, ["good film", long_sentence + " but different"])
+    assert main(args) == 0
+    assert "1 answered, 1 already there, 0 failed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("encoding,hint", [("utf-16", "UTF-16 byte-order mark"), ("latin-1", "Latin-1")])
+def test_input_that_is_not_utf8_is_named_with_what_to_do(tmp_path, capsys, encoding, hint):
+    source = tmp_path / f"reviews-{encoding}.txt"
+    source.write_bytes("une critique très réussie\n".encode(encoding))
+    assert main([str(source), "--url", "http://127.0.0.1:9/predictions/x", "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert str(source) in err and "is not UTF-8 text" in err and hint in err and "usage:" not in err

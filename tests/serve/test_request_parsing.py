@@ -35,6 +35,9 @@ def test_text_bodies_forms_and_defaults():
     ("", False, False), ("*/*", False, False), ("application/json", False, True),
     ("application/gzip, application/json", False, False), ("text/html, application/json;q=0.9", False, True),
     ("", True, True),
+    # q-values: q=0 refuses a type; a higher q wins over the order given
+    ("application/json;q=0, application/gzip", False, False), ("application/json;q=0", False, False),
+    ("application/gzip;q=0.5, application/json", False, True), ("application/json;q=abc", False, True),
 ])
 def test_json_or_gzip(accept, explain, expected):
     assert wants_json({"accept": accept}, explain) is expected
@@ -85,3 +88,28 @@ def test_envelope_instance_with_typed_values_is_read_as_json():
     with pytest.raises(RequestError) as wrong:
         parse_request({"sequence": "a", "n_steps": 2.5}, {})
     assert wrong.value.status == 400 and "n_steps" in wrong.value.message
+
+
+def test_text_plain_is_the_sentence_even_when_it_starts_with_a_brace():
+    plain = parse_request({"body": b"{not json} but a fine film"}, {"Content-Type": "text/plain"})
+    assert plain.sequences == ["{not json} but a fine film"]
+    still_json = parse_request({"body": b'{"sequence": "good", "n_steps": 7}'}, {"Content-Type": "text/plain"})
+    assert still_json.sequences == ["good"] and still_json.options["n_steps"] == 7
+
+
+def test_a_key_given_twice_is_refused():
+    for headers in (JSON, {"Content-Type": "text/plain"}, {}):
+        with pytest.raises(RequestError) as twice:
+            parse_request({"body": b'{"sequence": "good", "n_steps": 5, "n_steps": 9}'}, headers)
+        assert twice.value.status == 400 and '"n_steps" twice' in twice.value.message
+
+
+def test_query_strings_and_gets_are_answered_with_where_options_go():
+    for parts in ({}, {"body": b""}):
+        with pytest.raises(RequestError) as empty:
+            parse_request(parts, {}, model_name="demo")
+        assert "query string" in empty.value.message and "JSON body" in empty.value.message
+    # a route that passes query parameters along with the body: refused, saying where options go
+    with pytest.raises(RequestError) as both:
+        parse_request({"body": b'{"sequence": "good"}', "n_steps": "5"}, JSON)
+    assert "n_steps" in both.value.message and "not in the URL's query string" in both.value.message
