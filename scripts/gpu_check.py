@@ -13,7 +13,7 @@ wheel. Steps, each a row of the table it prints (and ``--json FILE``):
 2. send the README's curl to each model and load the answer with the README's gzip/torch.load snippet;
 3. compare it with the same request answered in this process on the CPU. The bound is rtol 1e-4 of each
    tensor's scale, ``max|gpu - cpu| <= 1e-4 * max|cpu|``, since GPU kernels sum in another order;
-4. scale the workers up and back down through the management API;
+4. scale the workers up and back down through the management API (the run's Unix socket);
 5. kill one worker with SIGKILL and check that it is replaced and answers again;
 6. stop the server.
 """
@@ -32,7 +32,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,15 +100,19 @@ def free_port() -> int:
     raise SystemExit("no free ports")
 
 
-def http(url: str, method: str = "GET", body: bytes | None = None, headers=None, timeout=600):
-    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        return response.status, response.read()
+def manage(run_dir: Path, path: str, method: str = "GET"):
+    """A management API call through the run's Unix socket (the launcher's own client)."""
+    from intgrads.launcher.management import call, management_target
+
+    state = json.loads((run_dir / "state.json").read_text())
+    status, body = call(management_target(state, run_dir), path, method=method, timeout=600)
+    if status != 200:
+        raise RuntimeError(f"management API: HTTP {status}: {body}")
+    return body
 
 
-def workers(mport: int, name: str) -> list:
-    _, body = http(f"http://127.0.0.1:{mport}/models/{name}")
-    return json.loads(body)[0].get("workers") or []
+def workers(run_dir: Path, name: str) -> list:
+    return manage(run_dir, f"/models/{name}")[0].get("workers") or []
 
 
 def readme_curl(port: int, name: str, out: Path) -> dict:
@@ -168,7 +171,6 @@ def main(argv=None) -> int:
     work = Path(tempfile.mkdtemp(prefix="intgrads-gpu-check-"))
     models = build_models(work, args.small)
     port = free_port()
-    mport = port + 1
     flags = ["-bp", models["bert"][0], "--tokenizer", f"bert={models['bert'][1]}", "--config",
              f"bert={models['bert'][2]}", "-xlb", models["xlnet-base"][0], "--tokenizer",
              f"xlnet-base={models['xlnet-base'][1]}", "--config", f"xlnet-base={models['xlnet-base'][2]}",
@@ -193,17 +195,17 @@ def main(argv=None) -> int:
             row(f"{key}: README curl vs CPU (rtol {RTOL:g})", error <= RTOL,
                 f"max rel. error {error:.2e}; {len(answer['tokens'])} tokens")
         key = "bert"
-        http(f"http://127.0.0.1:{mport}/models/{key}?min_worker={per_model + 1}&max_worker={per_model + 1}"
-             "&synchronous=true", method="PUT")
-        up = sum(w.get("status") == "READY" for w in workers(mport, key))
-        http(f"http://127.0.0.1:{mport}/models/{key}?min_worker={per_model}&max_worker={per_model}&synchronous=true",
-             method="PUT")
-        down = wait_for(lambda: sum(w.get("status") == "READY" for w in workers(mport, key)) == per_model, 120)
+        run_dir = work / "run"
+        manage(run_dir, f"/models/{key}?min_worker={per_model + 1}&max_worker={per_model + 1}&synchronous=true",
+               method="PUT")
+        up = sum(w.get("status") == "READY" for w in workers(run_dir, key))
+        manage(run_dir, f"/models/{key}?min_worker={per_model}&max_worker={per_model}&synchronous=true", method="PUT")
+        down = wait_for(lambda: sum(w.get("status") == "READY" for w in workers(run_dir, key)) == per_model, 120)
         row("scale up and down (management API)", up == per_model + 1 and down, f"{per_model} -> {up} -> {per_model}")
-        victim = int(workers(mport, key)[0]["pid"])
+        victim = int(workers(run_dir, key)[0]["pid"])
         os.kill(victim, signal.SIGKILL)
         recovered = wait_for(lambda: sum(w.get("status") == "READY" and int(w["pid"]) != victim
-                                         for w in workers(mport, key)) == per_model, 300)
+                                         for w in workers(run_dir, key)) == per_model, 300)
         answer = readme_curl(port, key, work)
         row("SIGKILL one worker, recovered", recovered and "integrated_gradients" in answer, f"pid {victim} killed")
     finally:

@@ -91,7 +91,8 @@ def test_readme_commands_run_as_written(readme_server):
     assert answer["intermediate_gradients"].shape[0] == 50 and answer["tokens"][0] == "[CLS]"
     summary = next(json.loads(out) for command, out in outputs if "Accept: application/json" in command)
     assert summary["label"] == "negative" and summary["tokens"][1:5] == ["the", "food", "was", "awful"]
-    workers = next(json.loads(out) for command, out in outputs if command.startswith("curl http://127.0.0.1:8889/models/demo"))
+    workers = next(json.loads(out) for command, out in outputs
+                   if command.startswith("curl --unix-socket") and command.split("#")[0].strip().endswith("/models/demo"))
     assert len(workers[0]["workers"]) == 3
     handed = next(json.loads(out) for command, out in outputs if "X-Intgrads-Handoff: file" in command)
     handed_file = Path(handed["file"])

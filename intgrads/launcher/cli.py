@@ -146,7 +146,8 @@ def _server_flags(server):
                         help="address to bind (default 127.0.0.1; 0.0.0.0 for every interface, token auth on)")
     server.add_argument("-p", "--port", type=int, default=8888, help="inference port (default 8888)")
     server.add_argument("--management-port", type=int, default=None, metavar="PORT",
-                        help="management API port (default PORT+1)")
+                        help="management API port with token auth (default PORT+1); on loopback the management "
+                             "API is a Unix socket in the run directory, for this user only")
     server.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
                         help="metrics port (default PORT+2; gRPC takes the two after it)")
     server.add_argument("--model-store", default=None, metavar="DIR", help="where the .mar files go (default model_store/)")
@@ -161,6 +162,9 @@ def _server_flags(server):
     server.add_argument("--rebuild", action="store_true", help="rebuild the archives even when they look current")
     server.add_argument("--foreground", action="store_true", help="stay attached; Ctrl-C stops the server")
     server.add_argument("--stop", action="store_true", help="stop the server on -p PORT (or --run-dir) and exit")
+    server.add_argument("--scale", metavar="MODEL=N", default=None,
+                        help="scale MODEL of the server on -p PORT to N workers through its management API and "
+                             "exit; refused above what this machine's memory holds")
     server.add_argument("--help", action="help", help="show this help and exit")
 
 
@@ -213,6 +217,11 @@ def main(argv=None) -> int:
     try:
         if args.stop:
             stop_server(run_paths(args, project_home()))
+            return 0
+        if args.scale:
+            from .management import scale
+
+            print(scale(run_paths(args, project_home()), args.scale))
             return 0
         from .start import start
 

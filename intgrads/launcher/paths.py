@@ -77,6 +77,11 @@ class RunPaths:
         return self.run_dir / "handoff"
 
     @property
+    def private(self) -> Path:
+        """Owner-only: the management API's Unix socket of a loopback server."""
+        return self.run_dir / "private"
+
+    @property
     def state(self) -> Path:
         return self.run_dir / "state.json"
 

@@ -3,6 +3,7 @@ and its workers, and reading its logs and keys."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import shutil
@@ -14,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 from ..system import cmdline, pid_alive
+from .management import call, management_target
 from .paths import LaunchError, RunPaths
 from .tsconfig import Ports, connect_host, url_host
 
@@ -92,8 +94,9 @@ def load_errors(paths: RunPaths, start_offset: int) -> list[str]:
 
 
 def wait_ready(paths: RunPaths, pid: int, host: str, ports: Ports, models: dict, timeout: float,
-               token_auth: bool, log_offset: int) -> dict:
-    """Poll /ping and the management API until every model has its workers READY; returns worker info."""
+               token_auth: bool, log_offset: int, management: dict) -> dict:
+    """Poll /ping and the management API (``management``: its target) until every model has its workers READY;
+    returns worker info."""
     base = f"http://{url_host(connect_host(host))}"
     deadline = time.time() + timeout
     last = {}
@@ -115,14 +118,14 @@ def wait_ready(paths: RunPaths, pid: int, host: str, ports: Ports, models: dict,
                 raise ValueError("no key file yet")
             http_json(f"{base}:{ports.inference}/ping", token=keys.get("inference"), timeout=3)
             for name, wanted in models.items():
-                described = http_json(f"{base}:{ports.management}/models/{name}", token=key, timeout=5)
-                info = described[0] if isinstance(described, list) and described else {}
+                status, described = call(management, f"/models/{name}", token=key, timeout=5)
+                info = described[0] if status == 200 and isinstance(described, list) and described else {}
                 workers = info.get("workers") or []
                 ready = [w for w in workers if w.get("status") == "READY"]
                 last[name] = {"ready": len(ready), "wanted": wanted, "workers": workers}
                 if len(ready) < wanted:
                     ready_all = False
-        except (urllib.error.URLError, OSError, ValueError):
+        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError):
             ready_all = False
         if ready_all:
             return last
@@ -164,6 +167,7 @@ def stop_server(paths: RunPaths, quiet: bool = False, timeout: float = 60) -> bo
         except OSError:
             pass
     shutil.rmtree(paths.handoff, ignore_errors=True)   # uncollected answers
+    shutil.rmtree(paths.private, ignore_errors=True)   # the management socket
     if state:
         state["stopped_at"] = time.time()
         paths.state.write_text(json.dumps(state, indent=1), encoding="utf-8")
@@ -178,14 +182,15 @@ def _live_worker_pids(state: dict, paths: RunPaths) -> set:
     if not ports:
         return pids
     key = read_keys(paths.run_dir).get("management") if state.get("token_auth") else None
-    base = f"http://{url_host(connect_host(state.get('host', '127.0.0.1')))}:{ports.get('management')}"
+    target = management_target(state, paths.run_dir)
     for name in state.get("models", {}):
         try:
-            described = http_json(f"{base}/models/{name}", token=key, timeout=3)
-            for worker in (described[0].get("workers") or []):
+            status, described = call(target, f"/models/{name}", token=key, timeout=3)
+            for worker in (described[0].get("workers") or [] if status == 200 else []):
                 if int(worker.get("pid") or 0) > 0:   # -1: a worker not started yet
                     pids.add(int(worker["pid"]))
-        except (urllib.error.URLError, OSError, ValueError, IndexError, AttributeError):
+        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError, IndexError, AttributeError,
+                TypeError):
             pass
     return pids
 

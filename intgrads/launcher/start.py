@@ -17,6 +17,7 @@ from pathlib import Path
 from ..system import JavaNotFound, find_java, pid_alive, usable_cores
 from .archive import build_archive
 from .cli import check_flags, resolve_workers
+from .management import SOCKET_NAME, management_target, prepare_socket_dir
 from .paths import LaunchError, RunPaths, default_config_properties, program, project_home, run_paths
 from .process import find_tool, log_tails, read_keys, server_pid, stop_server, wait_ready
 from .specs import model_specs
@@ -47,6 +48,7 @@ class Launch:
     log_offset: int = 0
     started: float = 0.0
     state: dict = field(default_factory=dict)
+    management_socket: Path | None = None   # the management API's Unix socket (loopback servers)
 
 
 def start(args) -> int:
@@ -67,11 +69,12 @@ def prepare(args) -> Launch:
     host = args.host or "127.0.0.1"
     check_flags(args)
     ports = choose_ports(args)
-    socket_path = paths.tmp / ".ts.sock.65535"   # TorchServe's worker sockets live in the run's temp folder
-    if len(os.fsencode(socket_path)) > MAX_SOCKET_PATH:
-        raise LaunchError(f"the run directory {paths.run_dir} is too deep for TorchServe's worker sockets "
-                          f"({len(os.fsencode(socket_path))} bytes, at most {MAX_SOCKET_PATH} on this system): "
-                          "give a shorter --run-dir", code=2)
+    # TorchServe's worker sockets live in the run's temp folder, the management socket in its private folder
+    for socket_path in (paths.tmp / ".ts.sock.65535", paths.private / SOCKET_NAME):
+        if len(os.fsencode(socket_path)) > MAX_SOCKET_PATH:
+            raise LaunchError(f"the run directory {paths.run_dir} is too deep for TorchServe's worker sockets "
+                              f"({len(os.fsencode(socket_path))} bytes, at most {MAX_SOCKET_PATH} on this system): "
+                              "give a shorter --run-dir", code=2)
     running = server_pid(paths)
     if running:
         raise LaunchError(f"an intgrads server is already running for {paths.run_dir} (pid {running}): stop it with "
@@ -108,9 +111,12 @@ def build_and_configure(launch: Launch):
     if handoff_enabled(launch):
         paths.handoff.mkdir(mode=0o700)
         os.chmod(paths.handoff, 0o700)
+    shutil.rmtree(paths.private, ignore_errors=True)
+    launch.management_socket = None if launch.token_auth else prepare_socket_dir(paths)
     launch.props = write_run_config(paths.config, base_props, host=launch.host, ports=launch.ports,
                                     model_store=launch.model_store, mar_names=mars, token_auth=launch.token_auth,
-                                    args=args, source=str(base_config) if base_config else "built-in defaults")
+                                    args=args, source=str(base_config) if base_config else "built-in defaults",
+                                    management_socket=launch.management_socket)
 
 
 def torchserve_env(launch: Launch) -> dict:
@@ -168,6 +174,7 @@ def launch_torchserve(launch: Launch):
     launch.state = {"pid": launch.pid, "host": launch.host, "ports": launch.ports.__dict__,
                     "run_dir": str(paths.run_dir), "model_store": str(launch.model_store),
                     "token_auth": launch.token_auth, "started_at": launch.started,
+                    "management_socket": str(launch.management_socket) if launch.management_socket else None,
                     "device": "cuda" if args.cuda else "cpu", "java": str(launch.java.java),
                     "models": {spec.name: {"key": spec.key, "family": spec.family, "workers": launch.workers}
                                for spec in launch.specs}}
@@ -179,7 +186,7 @@ def wait_for_workers(launch: Launch) -> dict:
     try:
         info = wait_ready(launch.paths, launch.pid, launch.host, launch.ports,
                           {spec.name: launch.workers for spec in launch.specs}, launch.args.ready_timeout,
-                          launch.token_auth, launch.log_offset)
+                          launch.token_auth, launch.log_offset, management_target(launch.state, launch.paths.run_dir))
     except (LaunchError, KeyboardInterrupt):
         stop_server(launch.paths, quiet=True)
         raise
@@ -222,10 +229,14 @@ def print_ready(launch: Launch, info: dict):
               f"they expire after {launch.props.get('token_expiration_min', '60')} min)")
         if host in ("0.0.0.0", "::"):
             print("  Use the address of this machine that clients can reach (hostname -I lists them).")
-    mauth = f" -H \"Authorization: Bearer {keys.get('management')}\"" if launch.token_auth else ""
-    print(f"Scale: curl -X PUT{mauth} 'http://{shown_host}:{launch.ports.management}/models/{first}?min_worker=2"
-          "&synchronous=true'")
-    stop_hint = f"{program()} --stop -p {args.port}" + (f" --run-dir {paths.run_dir}" if args.run_dir else "")
+    run_dir_flag = f" --run-dir {paths.run_dir}" if args.run_dir else ""
+    if launch.management_socket:
+        print(f"Scale: {program()} --scale {first}=2 -p {args.port}{run_dir_flag}   (management API, for this user "
+              f"only: curl --unix-socket {launch.management_socket} http://localhost/models/{first})")
+    else:
+        print(f"Scale: curl -X PUT -H \"Authorization: Bearer {keys.get('management')}\" "
+              f"'http://{shown_host}:{launch.ports.management}/models/{first}?min_worker=2&synchronous=true'")
+    stop_hint = f"{program()} --stop -p {args.port}" + run_dir_flag
     print(f"Stop:  {stop_hint}", flush=True)
 
 

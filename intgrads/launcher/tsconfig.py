@@ -90,12 +90,14 @@ def check_ports_free(host: str, ports: Ports):
 
 
 def write_run_config(path: Path, base: dict, *, host: str, ports: Ports, model_store: Path, mar_names: list[str],
-                     token_auth: bool, args, source: str):
+                     token_auth: bool, args, source: str, management_socket: Path | None = None):
+    """The run's config.properties. With ``management_socket`` the management API listens there (a Unix socket,
+    which needs TorchServe's native transport) instead of on a TCP port."""
     props = dict(base)
     h = url_host(host)
     props.update({
         "inference_address": f"http://{h}:{ports.inference}",
-        "management_address": f"http://{h}:{ports.management}",
+        "management_address": f"unix:{management_socket}" if management_socket else f"http://{h}:{ports.management}",
         "metrics_address": f"http://{h}:{ports.metrics}",
         "grpc_inference_address": host,
         "grpc_management_address": host,
@@ -109,6 +111,8 @@ def write_run_config(path: Path, base: dict, *, host: str, ports: Ports, model_s
         "install_py_dep_per_model": "false",
         "number_of_gpu": str(args.num_cuda_devs if args.cuda else 0),
     })
+    if management_socket:
+        props["use_native_io"] = "true"
     if args.token_expiration_min:
         props["token_expiration_min"] = str(args.token_expiration_min)
     lines = [f"# Written by the intgrads launcher from {source} and its flags; edit that file, not this one."]

@@ -24,8 +24,8 @@ PAYLOADS = [
 
 
 def _scale(server, workers: int, timeout: float = 180):
-    response = requests.put(f"{server.management}/models/{DEMO}?min_worker={workers}&max_worker={workers}"
-                            "&synchronous=true", timeout=timeout)
+    response = server.manage("PUT", f"/models/{DEMO}?min_worker={workers}&max_worker={workers}&synchronous=true",
+                             timeout=timeout)
     assert response.status_code == 200, response.text
     deadline = time.time() + timeout
     while time.time() < deadline:

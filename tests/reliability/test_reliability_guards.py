@@ -76,3 +76,15 @@ def test_an_abandoned_heavy_request_does_not_block_the_next_small_one(deadline_s
     waited = time.time() - started
     assert record.case(response.status_code == 200 and waited < TIMEOUT + 5), (response.status_code, waited)
     assert record.case(server.worker_pids(DEADLINE) == [pid])
+
+
+def test_an_unauthenticated_local_scale_request_is_refused(demo_server, tally):
+    """The reported attack, PUT /models/demo?min_worker=1000 on the management port: nothing listens there on a
+    loopback server (its management API is a Unix socket for its owner), and the workers stay as they were."""
+    server = demo_server["server"]
+    record = tally("6 shared server")
+    before = server.worker_pids(DEMO)
+    with pytest.raises(requests.exceptions.ConnectionError):
+        requests.put(f"http://127.0.0.1:{server.port + 1}/models/{DEMO}?min_worker=1000", timeout=10)
+    record.case(True)
+    assert record.case(server.worker_pids(DEMO) == before)

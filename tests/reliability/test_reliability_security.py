@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import time
+import urllib.parse
 
 import psutil
 import pytest
@@ -44,8 +45,10 @@ def test_default_binds_are_loopback(demo_server, tally):
     server = demo_server["server"]
     record = tally("5 security")
     props = _props(server)
-    for key in ("inference_address", "management_address", "metrics_address"):
+    for key in ("inference_address", "metrics_address"):
         assert record.case(props[key].startswith("http://127.0.0.1:")), (key, props[key])
+    # management: a Unix socket in the run's owner-only folder, no TCP port
+    assert record.case(props["management_address"] == f"unix:{server.run_dir / 'private' / 'management.sock'}")
     assert record.case(props["grpc_inference_address"] == "127.0.0.1" == props["grpc_management_address"])
     pid = json.loads((server.run_dir / "state.json").read_text())["pid"]
     listening = _listening(pid)
@@ -77,17 +80,16 @@ def test_registering_models_by_url_is_refused(demo_server, open_server, tally):
         (demo_server["server"], {}),
         (open_server, bearer(open_server.keys["management"])),   # even with the management key
     ]
-    for server, headers in cases:
-        before = requests.get(f"{server.management}/models", headers=headers, timeout=30).json()
+    for server, headers in cases:   # server.manage sends the management key where token auth is on
+        before = server.manage("GET", "/models").json()
         mar = server.model_store / f"{server.models[0]}.mar"
         for url in (f"file://{mar}", "http://127.0.0.1:9/evil.mar", "https://example.com/evil.mar",
                     "file:///etc/passwd"):
-            response = requests.post(f"{server.management}/models", params={"url": url, "model_name": "evil"},
-                                     headers=headers, timeout=30)
+            response = server.manage("POST", "/models?" + urllib.parse.urlencode({"url": url, "model_name": "evil"}))
             assert record.case(response.status_code >= 400), (url, response.status_code, response.text[:200])
-        response = requests.delete(f"{server.management}/models/{server.models[0]}", headers=headers, timeout=30)
+        response = server.manage("DELETE", f"/models/{server.models[0]}")
         assert record.case(response.status_code >= 400)
-        after = requests.get(f"{server.management}/models", headers=headers, timeout=30).json()
+        after = server.manage("GET", "/models").json()
         assert record.case(after == before), (before, after)
 
 

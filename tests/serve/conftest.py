@@ -65,6 +65,19 @@ def run_launcher(args, *, cwd: Path, env: dict, timeout: float = START_TIMEOUT) 
 
 
 @dataclass
+class ManagementResponse:
+    status_code: int
+    body: object
+
+    def json(self):
+        return self.body
+
+    @property
+    def text(self) -> str:
+        return self.body if isinstance(self.body, str) else json.dumps(self.body)
+
+
+@dataclass
 class Server:
     port: int
     run_dir: Path
@@ -93,9 +106,22 @@ class Server:
                 return line.strip()
         raise AssertionError(f"no curl printed for {model}:\n{self.output}")
 
+    def manage(self, method: str, path: str, timeout: float = 60) -> "ManagementResponse":
+        """A management API call, wherever this server's management API listens (a loopback server's Unix
+        socket, else its TCP port with the management key), through the launcher's own client."""
+        from intgrads.launcher.management import call, management_target
+
+        state = json.loads((self.run_dir / "state.json").read_text())
+        token = None
+        if state.get("token_auth"):
+            token = json.loads((self.run_dir / "key_file.json").read_text())["management"]["key"]
+        status, body = call(management_target(state, self.run_dir), path, method=method, token=token,
+                            timeout=timeout)
+        return ManagementResponse(status, body)
+
     def describe(self, model: str) -> dict:
-        response = requests.get(f"{self.management}/models/{model}", timeout=30)
-        response.raise_for_status()
+        response = self.manage("GET", f"/models/{model}", timeout=30)
+        assert response.status_code == 200, response.text
         return response.json()[0]
 
     def worker_pids(self, model: str) -> list:

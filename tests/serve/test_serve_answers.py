@@ -115,7 +115,7 @@ def test_json_route_and_explanations(server, direct):
 
 
 def test_several_models_in_one_server(server):
-    listed = requests.get(f"{server.management}/models", timeout=30).json()
+    listed = server.manage("GET", "/models").json()
     assert sorted(m["modelName"] for m in listed["models"]) == sorted(server.models)
     families = {}
     for model in server.models:

@@ -8,13 +8,14 @@ import json
 import re
 import time
 
+import pytest
 import requests
 
 import intgrads
 
 
 def test_the_describe_call_answers_the_model_and_its_limits(server, bundles):
-    response = requests.get(f"{server.management}/models/bert?customized=true", timeout=60)
+    response = server.manage("GET", "/models/bert?customized=true")
     assert response.status_code == 200, response.text
     meta = response.json()[0]["customizedMetadata"]
     meta = json.loads(meta) if isinstance(meta, str) else meta
@@ -79,3 +80,38 @@ def test_the_metrics_port_serves_prometheus_text_with_the_servers_own_counters(s
     steps = _value(text, "IntgradsTokenSteps", ModelName="bert") - _value(before, "IntgradsTokenSteps",
                                                                           ModelName="bert")
     assert steps >= 4 * tokens
+
+
+def test_management_is_a_socket_for_this_user_and_scaling_has_a_ceiling(server):
+    """On loopback the management API is a Unix socket in an owner-only folder: a scale request to the TCP port
+    finds nothing listening. The launcher's --scale goes through the socket and refuses more workers than the
+    machine's memory holds."""
+    import os
+    import stat
+
+    from .conftest import run_launcher
+
+    with pytest.raises(requests.exceptions.ConnectionError):
+        requests.put(f"http://127.0.0.1:{server.port + 1}/models/hf?min_worker=50", timeout=10)
+    private = server.run_dir / "private"
+    assert stat.S_IMODE(private.stat().st_mode) == 0o700 and private.stat().st_uid == os.getuid()
+    assert stat.S_ISSOCK((private / "management.sock").stat().st_mode)
+    assert "--scale hf=2" in server.output or "--scale bert=2" in server.output
+    assert "--unix-socket" in server.output
+
+    def scale(spec):
+        return run_launcher(["--scale", spec, "-p", server.port, "--run-dir", server.run_dir], cwd=server.home,
+                            env=server.env, timeout=300)
+
+    refused = scale("hf=100000")
+    assert refused.returncode == 2 and "worker(s) fit this machine now" in refused.stderr, refused.stderr
+    assert len(server.describe("hf")["workers"]) == 1
+    assert scale("nosuch=2").returncode == 2 and scale("hf=0").returncode == 2
+    up = scale("hf=2")
+    assert up.returncode == 0 and "hf scaled to 2 worker(s)" in up.stdout, up.stdout + up.stderr
+    assert sum(w.get("status") == "READY" for w in server.describe("hf")["workers"]) == 2
+    assert scale("hf=1").returncode == 0
+    deadline = time.time() + 60
+    while len(server.describe("hf")["workers"]) != 1 and time.time() < deadline:
+        time.sleep(0.5)
+    assert len(server.describe("hf")["workers"]) == 1

@@ -175,7 +175,6 @@ def test_batching_each_request_gets_its_own_answer_or_error(server, direct):
 
 def test_scaling_1_2_1_while_requests_succeed(server):
     url = server.url("hf")
-    management = f"{server.management}/models/hf"
     assert len(_describe_ready(server, "hf")) == 1
     stop = threading.Event()
     results = []
@@ -190,11 +189,11 @@ def test_scaling_1_2_1_while_requests_succeed(server):
     worker.start()
     try:
         time.sleep(0.5)
-        up = requests.put(f"{management}?min_worker=2&synchronous=true", timeout=300)
+        up = server.manage("PUT", "/models/hf?min_worker=2&synchronous=true", timeout=300)
         assert up.status_code == 200, up.text
         assert len(_describe_ready(server, "hf")) == 2
         time.sleep(1.0)
-        down = requests.put(f"{management}?min_worker=1&synchronous=true", timeout=300)
+        down = server.manage("PUT", "/models/hf?min_worker=1&synchronous=true", timeout=300)
         assert down.status_code == 200, down.text
         deadline = time.time() + 60
         while len(server.describe("hf")["workers"]) != 1 and time.time() < deadline:
@@ -209,9 +208,9 @@ def test_scaling_1_2_1_while_requests_succeed(server):
 
 
 def test_model_registration_api_is_off(server):
-    response = requests.post(f"{server.management}/models?url=https://example.com/x.mar", timeout=30)
+    response = server.manage("POST", "/models?url=https://example.com/x.mar")
     assert response.status_code >= 400
-    response = requests.delete(f"{server.management}/models/bert", timeout=30)
+    response = server.manage("DELETE", "/models/bert")
     assert response.status_code >= 400
-    assert sorted(m["modelName"] for m in requests.get(f"{server.management}/models", timeout=30).json()["models"]) \
+    assert sorted(m["modelName"] for m in server.manage("GET", "/models").json()["models"]) \
         == sorted(server.models)
