@@ -27,7 +27,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 SENTENCE = "This is the sequence that you want to get the sentiment of"
 RTOL = 1e-4
 SUBJECTS = ["the movie", "this film", "the actor", "a story", "the director", "my friend", "the music", "the plot",
@@ -83,21 +83,6 @@ def xlnet_tokenizer(directory: Path) -> Path:
         character_coverage=1.0, minloglevel=2, num_threads=1)
     (directory / "spiece.vocab").unlink(missing_ok=True)
     return directory
-
-
-def free_port() -> int:
-    for base in range(18800, 30000, 10):
-        ok = True
-        for port in range(base, base + 5):
-            with socket.socket() as probe:
-                try:
-                    probe.bind(("127.0.0.1", port))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise SystemExit("no free ports")
 
 
 def manage(run_dir: Path, path: str, method: str = "GET"):
@@ -167,6 +152,8 @@ def main(argv=None) -> int:
     def row(step, ok, detail=""):
         rows.append({"step": step, "ok": bool(ok), "detail": detail})
         print(f"{'PASS' if ok else 'FAIL'}  {step:<44} {detail}", flush=True)
+
+    from bench import free_port
 
     work = Path(tempfile.mkdtemp(prefix="intgrads-gpu-check-"))
     models = build_models(work, args.small)

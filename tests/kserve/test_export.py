@@ -42,7 +42,7 @@ import torch
 
 import intgrads
 from intgrads import launcher
-from intgrads.system import find_java
+from intgrads.system import cmdline, find_java, pid_alive
 
 ROOT = Path(__file__).resolve().parents[2]
 EXPORT_SCRIPT = ROOT / "scripts" / "export_kserve.py"
@@ -171,29 +171,6 @@ def torchserve_command() -> str:
     return str(beside) if beside.is_file() else (shutil.which("torchserve") or "torchserve")
 
 
-def _alive(pid: int | None) -> bool:
-    if not pid or pid <= 0:   # never probe (or signal) 0 or -1: they mean process groups / every process
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8") as handle:
-            return handle.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
 @dataclass
 class LocalServe:
     workdir: Path
@@ -260,15 +237,16 @@ class LocalServe:
         except subprocess.TimeoutExpired:
             pass
         for pid in [self.java_pid] + sorted(self.worker_pids):
-            if _alive(pid) and ("org.pytorch.serve" in _cmdline(pid) or "model_service_worker" in _cmdline(pid)):
+            command = cmdline(pid) if pid and pid_alive(pid) else ""
+            if "org.pytorch.serve" in command or "model_service_worker" in command:
                 os.kill(pid, signal.SIGKILL)
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait(timeout=30)
         deadline = time.time() + 30
-        while time.time() < deadline and any(_alive(p) for p in [self.java_pid, *self.worker_pids]):
+        while time.time() < deadline and any(pid_alive(p) for p in [self.java_pid, *self.worker_pids] if p):
             time.sleep(0.2)
-        left = [p for p in [self.java_pid, *self.worker_pids] if _alive(p)]
+        left = [p for p in [self.java_pid, *self.worker_pids] if p and pid_alive(p)]
         assert not left, f"TorchServe processes still running after the stop: {left}"
 
 
