@@ -38,7 +38,7 @@ import torch
 import intgrads
 from intgrads.answer.keys import HANDOFF_HEADER, SUMMARY_HEADER
 from intgrads.answer.summary import index_record
-from intgrads.engine.budget import DeadlineExceeded, deadline_for
+from intgrads.engine.budget import DeadlineExceeded, deadline_for, model_shape
 from intgrads.engine.diagnostics import NON_FINITE
 from intgrads.serving.guards import check_answer_size, check_work, deadline_error, sentence_lengths, work_budget
 from intgrads.serving.handoff import HandoffDir, HandoffFull
@@ -72,7 +72,6 @@ class IntgradsHandler:
         self.model_name = "MODEL"
         self.handoff: HandoffDir | None = None
         self.response_timeout = 1800.0
-        self._answer_bytes = 0   # the last answer's size (gzip, file or JSON), for the metrics
         self.work_budget: float | None = None    # G multiply-accumulates per request (None: no limit)
 
     # ------------------------------------------------------------------ initialize
@@ -235,14 +234,15 @@ class IntgradsHandler:
                     continue
                 request, answer, engine_seconds = result
                 encode_started = time.perf_counter()
-                out.append(self._answer(context, index, request, answer))
+                body, answer_bytes = self._answer(context, index, request, answer)
+                out.append(body)
                 encode_seconds = time.perf_counter() - encode_started
                 self._timing_headers(context, index, engine_seconds, encode_seconds)
                 items = answer if isinstance(answer, list) else [answer]
                 self._metrics(context, index, 200, IntgradsEngineSeconds=engine_seconds,
                               IntgradsEncodeSeconds=encode_seconds,
                               IntgradsTokenSteps=sum(len(item["tokens"]) * item["n_steps"] for item in items),
-                              IntgradsAnswerBytes=self._answer_bytes,
+                              IntgradsAnswerBytes=answer_bytes,
                               IntgradsWarnings=sum(len(item.get("warnings", ())) for item in items))
             except RequestError as error:
                 out.append(self._error(context, index, error))
@@ -273,8 +273,9 @@ class IntgradsHandler:
             logger.debug("intgrads: metrics not recorded", exc_info=True)
 
     def _answer(self, context, index, request, answer):
-        """The JSON summary, the gzip answer in the body, or (hand-off) the gzip answer written as a file on this
-        machine and a small JSON naming it. A one-sentence answer's index record rides in X-Intgrads-Summary."""
+        """(body, answer bytes): the JSON summary, the gzip answer in the body, or (hand-off) the gzip answer written
+        as a file on this machine and a small JSON naming it. A one-sentence answer's index record rides in
+        X-Intgrads-Summary."""
         if request.single:
             record = index_record(intgrads.summarize_answer(answer))
             self._header(context, index, SUMMARY_HEADER, json.dumps(record, ensure_ascii=True, allow_nan=True))
@@ -283,24 +284,22 @@ class IntgradsHandler:
                        else [intgrads.summarize_answer(item) for item in answer])
             self._set(context, index, 200, "OK", JSON_TYPE)
             body = json.dumps(summary)
-            self._answer_bytes = len(body)
-            return body
+            return body, len(body)
         encoding = request.encoding or {}
         dtype = encoding.get("dtype")
         payload = intgrads.encode_answer(answer, outputs=encoding.get("outputs"),
                                          dtype=None if dtype in (None, "float32") else dtype,
                                          level=int(self.limits.get("gzip_level", 1)))
-        self._answer_bytes = len(payload)
         if not (request.handoff and self.handoff is not None):
             self._set(context, index, 200, "OK", GZIP_TYPE)
-            return payload
+            return payload, len(payload)
         try:
             path = self.handoff.put(payload)
         except HandoffFull as error:
             raise RequestError(str(error), status=507) from None
         self._set(context, index, 200, "OK", JSON_TYPE)
         self._header(context, index, HANDOFF_HEADER, str(path))
-        return json.dumps({"file": str(path), "bytes": len(payload)})
+        return json.dumps({"file": str(path), "bytes": len(payload)}), len(payload)
 
     @staticmethod
     def _header(context, index, name, value):
@@ -349,8 +348,6 @@ class IntgradsHandler:
 
     def describe(self) -> dict:
         """What TorchServe's describe call (``customized=true``) shows as customizedMetadata."""
-        from intgrads.engine.budget import model_shape
-
         layers, hidden = model_shape(self.bundle.model)
         return {"family": self.bundle.family, "layout": self.bundle.layout, "layer": self.bundle.layer_name,
                 "activation": self.bundle.activation, "device": str(self.bundle.device), "layers": layers,

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from ..system import pid_alive
 from .paths import LaunchError, RunPaths
+from .tsconfig import connect_host, url_host
 
 SOCKET_NAME = "management.sock"
 MAX_WORKERS_PER_MODEL = 64
@@ -44,13 +45,20 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock.connect(self.socket_path)
 
 
+def read_keys(run_dir: Path) -> dict:
+    """TorchServe's keys of a run (key_file.json): {"management", "inference", "API"}; {} when there are none."""
+    try:
+        data = json.loads((run_dir / "key_file.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {kind: (data.get(kind) or {}).get("key") for kind in ("management", "inference", "API")}
+
+
 def management_target(state: dict, run_dir: Path) -> dict:
     """Where a run's management API listens: {"socket": path} or {"url": base, "token_auth": bool}."""
     if state.get("management_socket"):
         return {"socket": state["management_socket"]}
-    host = state.get("host", "127.0.0.1")
-    host = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
-    host = f"[{host}]" if ":" in host else host
+    host = url_host(connect_host(state.get("host", "127.0.0.1")))
     return {"url": f"http://{host}:{(state.get('ports') or {}).get('management')}",
             "token_auth": bool(state.get("token_auth")), "run_dir": str(run_dir)}
 
@@ -134,7 +142,7 @@ def scale(paths: RunPaths, spec: str) -> str:
         raise LaunchError(f"--scale: no model {name!r} here; it serves {', '.join(state.get('models') or [])}",
                           code=2)
     target = management_target(state, paths.run_dir)
-    token = _management_key(paths) if target.get("token_auth") else None
+    token = read_keys(paths.run_dir).get("management") if target.get("token_auth") else None
     status, described = call(target, f"/models/{name}", token=token)
     workers = [int(w["pid"]) for w in (described[0].get("workers") or [])
                if status == 200 and int(w.get("pid") or 0) > 0]
@@ -150,9 +158,3 @@ def scale(paths: RunPaths, spec: str) -> str:
         raise LaunchError(f"TorchServe refused to scale {name} to {wanted} (HTTP {status}): {body}")
     return f"intgrads: {name} scaled to {wanted} worker(s) (at most {ceiling} fit this machine now)"
 
-
-def _management_key(paths: RunPaths) -> str | None:
-    try:
-        return json.loads((paths.run_dir / "key_file.json").read_text())["management"]["key"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None

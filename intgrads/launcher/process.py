@@ -15,7 +15,7 @@ import urllib.request
 from pathlib import Path
 
 from ..system import cmdline, pid_alive
-from .management import call, management_target
+from .management import call, management_target, read_keys
 from .paths import LaunchError, RunPaths
 from .tsconfig import Ports, connect_host, url_host
 
@@ -49,15 +49,6 @@ def http_json(url: str, token: str | None = None, method: str = "GET", timeout: 
         request.add_header("Authorization", f"Bearer {token}")
     with urllib.request.urlopen(request, timeout=timeout) as response:
         return json.loads(response.read().decode("utf-8") or "null")
-
-
-def read_keys(run_dir: Path) -> dict:
-    path = run_dir / "key_file.json"
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return {kind: (data.get(kind) or {}).get("key") for kind in ("management", "inference", "API")}
 
 
 def server_pid(paths: RunPaths) -> int | None:

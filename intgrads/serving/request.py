@@ -174,13 +174,13 @@ def _body_fields(parts: dict, headers: dict, url: str) -> tuple[dict, bool]:
     looks_json = stripped[0] in "{[\"" or content_type.endswith("json")
     if plain_text and stripped[0] != "{":
         looks_json = False
-    if plain_text and looks_json and not _json_object(text):
-        looks_json = False   # text/plain is the sentence, even one that starts with "{"
     if not looks_json:
         return {"sequence": text}, False
     try:
         decoded = json.loads(text, object_pairs_hook=_no_duplicate_keys)
     except json.JSONDecodeError as error:
+        if plain_text:   # text/plain is the sentence, even one that starts with "{"
+            return {"sequence": text}, False
         raise RequestError(f"the body is not valid JSON ({error.msg} at line {error.lineno} column {error.colno}); "
                            f"e.g. {usage_curl(url)}", usage=usage_curl(url)) from None
     except (ValueError, RecursionError) as error:   # nested too deeply, or an integer literal too long for Python
@@ -200,14 +200,6 @@ def _no_duplicate_keys(pairs) -> dict:
             raise RequestError(f"the JSON body gives {_show(key)} twice: give each field once")
         out[key] = value
     return out
-
-
-def _json_object(text: str) -> bool:
-    """Whether ``text`` parses as a JSON object (duplicate keys still count: the parse then refuses them)."""
-    try:
-        return isinstance(json.loads(text), dict)
-    except (ValueError, RecursionError):
-        return False
 
 
 def _json_type(value) -> str:

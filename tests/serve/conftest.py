@@ -109,12 +109,10 @@ class Server:
     def manage(self, method: str, path: str, timeout: float = 60) -> "ManagementResponse":
         """A management API call, wherever this server's management API listens (a loopback server's Unix
         socket, else its TCP port with the management key), through the launcher's own client."""
-        from intgrads.launcher.management import call, management_target
+        from intgrads.launcher.management import call, management_target, read_keys
 
         state = json.loads((self.run_dir / "state.json").read_text())
-        token = None
-        if state.get("token_auth"):
-            token = json.loads((self.run_dir / "key_file.json").read_text())["management"]["key"]
+        token = read_keys(self.run_dir).get("management") if state.get("token_auth") else None
         status, body = call(management_target(state, self.run_dir), path, method=method, token=token,
                             timeout=timeout)
         return ManagementResponse(status, body)
