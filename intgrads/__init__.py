@@ -31,6 +31,7 @@ _EXPORTS = {
     "ModelBundle": "engine.models", "load_model": "engine.models",
     "METHODS": "engine.quadrature", "step_sizes_and_alphas": "engine.quadrature",
     "reuse_freed_memory": "engine.memory",
+    "PRECISIONS": "engine.precision",
     "decode_answer": "answer.codec", "encode_answer": "answer.codec", "load_answer": "answer.codec",
     "prepare_answer": "answer.codec", "DTYPES": "answer.codec",
     "summarize_answer": "answer.summary",
@@ -39,7 +40,7 @@ _EXPORTS = {
 
 __all__ = ["attribute", "load_model", "ModelBundle", "encode_answer", "decode_answer", "load_answer",
            "summarize_answer", "prepare_answer", "step_sizes_and_alphas", "BASELINES", "METHODS", "FAMILIES",
-           "OUTPUT_NAMES", "DTYPES", "reuse_freed_memory"]
+           "OUTPUT_NAMES", "DTYPES", "PRECISIONS", "reuse_freed_memory"]
 
 
 def __getattr__(name):

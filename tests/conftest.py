@@ -508,6 +508,21 @@ def hf_case(hf_files) -> Case:
 
 
 @pytest.fixture(scope="session")
+def demo_case(tmp_path_factory) -> Case:
+    """The built-in demo model (a real MiniLM encoder with a head fitted to a sentiment lexicon), built here."""
+    pytest.importorskip("vader")
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from intgrads.launcher.demo import build_demo_model
+
+    directory = build_demo_model(tmp_path_factory.mktemp("demo") / "demo-sentiment")
+    model = AutoModelForSequenceClassification.from_pretrained(str(directory), local_files_only=True).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+    _assert_real_words_known(tokenizer)
+    return Case("demo", "hf", Files(directory, None, directory), tokenizer, model, "bert.embeddings", True)
+
+
+@pytest.fixture(scope="session")
 def cases(bert_case, xlnet_case, hf_case) -> dict:
     return {"bert": bert_case, "xlnet": xlnet_case, "hf": hf_case}
 

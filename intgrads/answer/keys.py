@@ -21,7 +21,7 @@ OUTPUT_NAMES = ("integrated_gradients", "intermediate_gradients", "step_sizes", 
 # What was actually used, what the model is, and the answer's warnings (a list of sentences, empty when all is
 # well; see intgrads.engine.diagnostics): always in the answer and its summary.
 SETTINGS_KEYS = ("target", "convergence_delta", "n_steps", "method", "baseline", "keep_special_tokens",
-                 "layer", "truncated", "family", "layout", "activation", "warnings")
+                 "layer", "truncated", "family", "layout", "activation", "precision", "warnings")
 # The float dtypes an answer may be sent in (a request's "dtype"; float32 is as computed).
 DTYPE_NAMES = ("float32", "float16")
 DTYPE_BYTES = {"float32": 4, "float16": 2}

@@ -33,6 +33,7 @@ def _positive_int(value: str) -> int:
 
 def _send_parser() -> argparse.ArgumentParser:
     from ..engine.baselines import BASELINES
+    from ..engine.precision import PRECISIONS
     from ..engine.quadrature import METHODS
 
     parser = argparse.ArgumentParser(
@@ -53,6 +54,8 @@ def _send_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n-steps", type=_positive_int, help="quadrature steps")
     parser.add_argument("--method", choices=METHODS, help="quadrature rule")
     parser.add_argument("--baseline", choices=BASELINES, help="baseline")
+    parser.add_argument("--precision", choices=PRECISIONS,
+                        help="arithmetic of the model's passes (server default: float32; see the README)")
     auth = parser.add_mutually_exclusive_group()
     auth.add_argument("--token", help=f"inference key (default: ${TOKEN_ENV} if set)")
     auth.add_argument("--key-file", help="TorchServe's key_file.json: its inference key is used")
@@ -123,7 +126,8 @@ def _main_send(argv) -> int:
         return 0
     try:
         report = client.run(sentences, args.output, target=args.target, n_steps=args.n_steps, method=args.method,
-                            baseline=args.baseline, concurrency=args.concurrency, progress=not args.no_progress)
+                            baseline=args.baseline, precision=args.precision, concurrency=args.concurrency,
+                            progress=not args.no_progress)
     except RunAborted as error:
         print(f"intgrads-client: {error}", file=sys.stderr)
         return 1

@@ -6,6 +6,9 @@
 - ``families``: the model families (BERT, XLNet, any HF classifier), their layers and legacy layouts.
 - ``models``: :func:`load_model` -> :class:`ModelBundle` (model, tokenizer, attributed layer).
 - ``options``: validation of the attribution options.
+- ``precision``: the arithmetic of the model's passes (float32, or bfloat16 / float16 under autocast).
 - ``attribution``: :func:`attribute`, the one-pass layer integrated gradients with intermediate gradients.
+- ``diagnostics``: the warnings of a poor answer (convergence, gradient spikes, truncation, non-finite values).
+- ``budget``: the work a request is (multiply-accumulates) and its deadline.
 - ``memory``: the process's memory handling (glibc reuse of freed memory).
 """

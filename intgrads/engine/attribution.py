@@ -25,12 +25,13 @@ from .baselines import baseline_word_vector, baseline_word_vectors
 from .budget import check_deadline
 from .diagnostics import answer_warnings
 from .options import DEFAULT_CHUNK_TOKENS, check_options, check_sequences
+from .precision import DEFAULT_PRECISION, computing_in
 from .quadrature import step_sizes_and_alphas
 
 
 def attribute(bundle, sequence_or_list, *, target=1, n_steps=50, method="gausslegendre", baseline="zero",
               keep_special_tokens=False, internal_batch_size=None, max_tokens=512,
-              chunk_tokens=DEFAULT_CHUNK_TOKENS, deadline=None):
+              chunk_tokens=DEFAULT_CHUNK_TOKENS, deadline=None, precision=DEFAULT_PRECISION):
     """Integrated and intermediate gradients of ``bundle``'s ``target`` logit for one sentence
     (returns a dict) or a list of sentences (returns a list of dicts). See the README for the keys.
 
@@ -38,14 +39,16 @@ def attribute(bundle, sequence_or_list, *, target=1, n_steps=50, method="gaussle
     ``chunk_tokens`` bounds memory instead: a chunk holds at most that many (padded) tokens, at least one row
     (default 3200, the launcher's; None: every step at once, as captum does). Chunks change no number beyond
     float rounding (1e-6). ``deadline`` (a ``time.monotonic()`` value) is checked before each chunk: once it
-    has passed, :class:`~intgrads.engine.budget.DeadlineExceeded` is raised and the work stops there."""
+    has passed, :class:`~intgrads.engine.budget.DeadlineExceeded` is raised and the work stops there.
+    ``precision`` ("float32", "bfloat16" or "float16") is the arithmetic of the model's passes (see
+    :mod:`intgrads.engine.precision`); the answer's tensors are float32 in every precision."""
     sentences, single = check_sequences(sequence_or_list)
     tokenizer = bundle.tokenizer
     options = check_options(
         target=target, n_steps=n_steps, method=method, baseline=baseline,
         keep_special_tokens=keep_special_tokens, internal_batch_size=internal_batch_size, max_tokens=max_tokens,
         num_labels=bundle.num_labels, min_tokens=tokenizer.num_special_tokens_to_add() + 1,
-        max_positions=bundle.max_positions)
+        max_positions=bundle.max_positions, precision=precision)
     batch = _encode(bundle, sentences, options.max_tokens)
     if options.internal_batch_size is None and chunk_tokens is not None:
         if not (isinstance(chunk_tokens, int) and chunk_tokens >= 1):
@@ -127,7 +130,8 @@ def _layer_values(bundle, batch, options):
     def capture(module, args, output):
         captured["value"] = (output.transpose(0, 1) if bundle.sequence_first else output).detach()
 
-    with torch.no_grad(), _hooked(bundle.word_embedding, replace_words), _hooked(bundle.layer, capture):
+    with torch.no_grad(), _hooked(bundle.word_embedding, replace_words), _hooked(bundle.layer, capture), \
+            computing_in(options.precision, ids.device):
         logits = bundle.model(**model_inputs).logits.float()
     value = captured["value"].float()
     return value[:n], value[n:], logits[:n], logits[n:]
@@ -156,7 +160,7 @@ def _attribute_batch(bundle, batch, options, deadline=None):
         owner = row_sentence[rows]
         with torch.enable_grad():
             z = (b[owner] + row_alpha[rows].view(-1, 1, 1) * (x[owner] - b[owner])).requires_grad_()
-            with _substituted(bundle, z):
+            with _substituted(bundle, z), computing_in(options.precision, z.device):
                 logits = bundle.model(**_model_inputs(batch, owner)).logits
             chosen = logits.gather(1, targets[owner].view(-1, 1)).sum()
             (grads[rows],) = torch.autograd.grad(chosen, z)
@@ -203,6 +207,7 @@ def _sentence_answer(bundle, batch, options, i, *, x, b, grads, weights, alphas,
         "family": bundle.family,
         "layout": bundle.layout,
         "activation": bundle.activation,
+        "precision": options.precision,
         "label_names": list(bundle.label_names),
         "warnings": warnings,
     }

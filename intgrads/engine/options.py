@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .baselines import BASELINES
+from .precision import DEFAULT_PRECISION, check_precision
 from .quadrature import METHODS, min_steps
 
 MAX_STEPS = 1000
@@ -23,6 +24,7 @@ class Options:
     keep_special_tokens: bool
     internal_batch_size: int | None
     max_tokens: int
+    precision: str = DEFAULT_PRECISION
 
 
 def _is_int(value) -> bool:
@@ -30,7 +32,8 @@ def _is_int(value) -> bool:
 
 
 def check_options(*, target, n_steps, method, baseline, keep_special_tokens, internal_batch_size,
-                  max_tokens, num_labels: int, min_tokens: int = 1, max_positions: int | None = None) -> Options:
+                  max_tokens, num_labels: int, min_tokens: int = 1, max_positions: int | None = None,
+                  precision: str = DEFAULT_PRECISION) -> Options:
     """Return the options as an :class:`Options`, or raise ``ValueError`` naming the bad one."""
     if not (target == "predicted" or (_is_int(target) and 0 <= target < num_labels)):
         raise ValueError(
@@ -50,7 +53,8 @@ def check_options(*, target, n_steps, method, baseline, keep_special_tokens, int
     if not (_is_int(max_tokens) and max_tokens >= min_tokens and (high is None or max_tokens <= high)):
         allowed = f"from {min_tokens} to {high}" if high else f"at least {min_tokens}"
         raise ValueError(f"max_tokens must be an integer {allowed}; got {max_tokens!r}")
-    return Options(target, n_steps, method, baseline, keep_special_tokens, internal_batch_size, max_tokens)
+    check_precision(precision)
+    return Options(target, n_steps, method, baseline, keep_special_tokens, internal_batch_size, max_tokens, precision)
 
 
 def check_sequences(sequence_or_list) -> tuple[list[str], bool]:

@@ -89,7 +89,7 @@ def archive_settings(spec: ModelSpec, args, tokenizer_in_archive: str | None, co
         "device": "cuda" if args.cuda else "cpu",
         "torch_threads": 0,
         "defaults": {"target": target, "n_steps": args.n_steps, "method": args.method, "baseline": args.baseline,
-                     "keep_special_tokens": False, "internal_batch_size": None},
+                     "keep_special_tokens": False, "internal_batch_size": None, "precision": "float32"},
         "limits": {"max_steps": args.max_steps, "max_tokens": args.max_tokens, "max_sequences": args.max_sequences,
                    "max_chars": args.max_chars, "max_body_bytes": args.max_body_bytes,
                    "chunk_tokens": args.chunk_tokens,

@@ -30,6 +30,8 @@ BAD_OPTIONS = [
     ("internal_batch_size", -3, ()),
     ("max_tokens", 0, ()),
     ("max_tokens", "5", ()),
+    ("precision", "bf16", ("float32", "bfloat16", "float16")),
+    ("precision", None, ("float32", "bfloat16", "float16")),
 ]
 
 

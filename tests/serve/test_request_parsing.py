@@ -26,7 +26,7 @@ def test_text_bodies_forms_and_defaults():
     form = parse_request({"sequence": b"a fine film", "n_steps": b"4", "keep_special_tokens": b"true",
                           "target": b"0", "internal_batch_size": b"null"}, {})
     assert form.options == {"target": 0, "n_steps": 4, "method": "gausslegendre", "baseline": "zero",
-                            "keep_special_tokens": True, "internal_batch_size": None}
+                            "keep_special_tokens": True, "internal_batch_size": None, "precision": "float32"}
     many = parse_request({"body": b'{"sequences": ["a", "b c"]}'}, JSON)
     assert many.sequences == ["a", "b c"] and not many.single
 

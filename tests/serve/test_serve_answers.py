@@ -76,6 +76,7 @@ def test_readme_curl_and_seed_snippet(server, tmp_path):
     {},
     {"n_steps": 7, "target": 0, "baseline": "pad", "method": "riemann_trapezoid"},
     {"n_steps": 5, "target": "predicted", "baseline": "rand-norm", "keep_special_tokens": True},
+    {"n_steps": 6, "precision": "bfloat16"},
 ])
 def test_answer_equals_engine(server, direct, model, options):
     """The served answer equals the engine's direct answer with the same settings (1e-6)."""
