@@ -21,8 +21,9 @@ Environment overrides (set by the launcher for a run): ``INTGRADS_TORCH_THREADS`
 Per request (see ``intgrads.serving.request``): ``{"sequence": "..."}`` plus optional options -> the engine's answer as
 ``intgrads.encode_answer`` bytes (``application/gzip``), or with ``Accept: application/json`` / the
 ``/explanations`` route a JSON summary. Every refused request gets its own 4xx status and a JSON
-``{"error": ...}``; requests in a TorchServe batch are answered one by one (each its own answer or error,
-and the same bytes whatever else was in the batch).
+``{"error": ...}``; requests in a TorchServe batch each get their own answer or error. Those with the same
+options share padded engine calls (``intgrads.serving.batching``): their answers equal the answers of the
+requests sent alone to 1e-5, and at batch size 1 (the launcher's default) they are bitwise the engine's.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from intgrads.answer.keys import HANDOFF_HEADER, SUMMARY_HEADER
 from intgrads.answer.summary import index_record
 from intgrads.engine.budget import DeadlineExceeded, deadline_for, model_shape
 from intgrads.engine.diagnostics import NON_FINITE
+from intgrads.serving.batching import gather, plan_buckets
 from intgrads.serving.guards import check_answer_size, check_work, deadline_error, sentence_lengths, work_budget
 from intgrads.serving.handoff import HandoffDir, HandoffFull
 from intgrads.serving.request import DEFAULT_LIMITS, DEFAULT_OPTIONS, RequestError, lower_keys, parse_request
@@ -156,7 +158,7 @@ class IntgradsHandler:
                 request = parse_request(parts, headers, model_name=self.model_name,
                                         num_labels=self.bundle.num_labels, defaults=self.defaults,
                                         limits=self.limits, explain=explain)
-                lengths = sentence_lengths(self.bundle, request.sequences, self._max_tokens())
+                lengths = request.lengths = sentence_lengths(self.bundle, request.sequences, self._max_tokens())
                 if not request.want_json:
                     check_answer_size(request, lengths, int(self.bundle.word_embedding.weight.shape[1]),
                                       int(self.limits["max_response_bytes"]))
@@ -182,42 +184,81 @@ class IntgradsHandler:
         return min(limit, positions) if positions else limit
 
     def inference(self, requests, context):
-        """Run the engine for each request in turn; an engine refusal becomes that request's 4xx."""
-        results = []
+        """Run the engine for the batch's requests: those sharing their options together (bucketed by length, see
+        ``intgrads.serving.batching``), the others one by one; an engine refusal becomes that request's 4xx."""
         deadline = deadline_for(time.monotonic(), self.response_timeout)   # TorchServe's clock runs for the batch
-        for request in requests:
-            if isinstance(request, RequestError):
-                results.append(request)
-                continue
+        results = list(requests)
+        valid = {i: request for i, request in enumerate(requests) if not isinstance(request, RequestError)}
+        together = self._run_together(valid, deadline) if len(valid) > 1 else {}
+        for position, request in valid.items():
+            results[position] = together.get(position) or self._run_one(request, deadline)
+        return results
+
+    def _engine_options(self, options: dict, deadline) -> dict:
+        chunk = self.limits.get("chunk_tokens")   # 0 or None (--chunk-tokens 0): every step at once
+        return {**options, "max_tokens": self._max_tokens(), "chunk_tokens": int(chunk) if chunk else None,
+                "deadline": deadline}
+
+    def _run_together(self, requests: dict, deadline) -> dict:
+        """{position: (request, answer, engine seconds) or RequestError} for the requests that shared engine calls;
+        a request whose bucket failed otherwise than by the deadline is left out, to run on its own."""
+        answers, seconds, failed, out = {}, {}, set(), {}
+        for bucket in plan_buckets(requests):
+            owners = {position for position, _, _ in bucket.items}
             started = time.perf_counter()
-            chunk = self.limits.get("chunk_tokens")   # 0 or None (--chunk-tokens 0): every step at once
-            extra = {"chunk_tokens": int(chunk) if chunk else None, "deadline": deadline}
             try:
-                answer = intgrads.attribute(self.bundle, request.sequences[0] if request.single else request.sequences,
-                                            max_tokens=self._max_tokens(), **request.options, **extra)
-                _refuse_non_finite(answer)
-                results.append((request, answer, time.perf_counter() - started))
-            except RequestError as error:
-                results.append(error)
+                items = intgrads.attribute(self.bundle, bucket.sentences(requests),
+                                           **self._engine_options(bucket.options, deadline))
             except DeadlineExceeded as error:
                 self._free_memory()
-                results.append(deadline_error(error, self.response_timeout))
-            except ValueError as error:
-                results.append(RequestError(str(error)))
-            except torch.cuda.OutOfMemoryError:
+                out.update({position: deadline_error(error, self.response_timeout) for position in owners})
+                continue
+            except Exception:  # noqa: BLE001 - each request then runs alone and meets its own error
                 self._free_memory()
-                results.append(RequestError("out of GPU memory for this request: ask for fewer n_steps, set "
-                                            "internal_batch_size, or send shorter text", status=507))
-            except MemoryError:
-                results.append(RequestError("out of memory for this request: ask for fewer n_steps, set "
-                                            "internal_batch_size, or send shorter text", status=507))
-            except Exception as error:  # noqa: BLE001 - one request's failure must not kill the worker
-                logger.exception("intgrads: request failed")
-                results.append(RequestError(f"internal error: {type(error).__name__}: {error}", status=500))
-            else:
-                logger.info("intgrads: %d sentence(s), %d steps, %s in %.2f s", len(request.sequences),
-                            request.options["n_steps"], request.options["method"], time.perf_counter() - started)
-        return results
+                failed |= owners
+                continue
+            elapsed = time.perf_counter() - started
+            answers.update({(position, index): item for (position, index, _), item in zip(bucket.items, items)})
+            for position in owners:
+                seconds[position] = seconds.get(position, 0.0) + elapsed * bucket.tokens_of(position) / bucket.tokens
+        for position in seconds.keys() - failed - out.keys():
+            request = requests[position]
+            answer = gather(request, answers, position)
+            try:
+                _refuse_non_finite(answer)
+                out[position] = (request, answer, seconds[position])
+            except RequestError as error:
+                out[position] = error
+        if seconds:
+            logger.info("intgrads: %d request(s) of the batch run together", len(out))
+        return out
+
+    def _run_one(self, request, deadline):
+        started = time.perf_counter()
+        try:
+            answer = intgrads.attribute(self.bundle, request.sequences[0] if request.single else request.sequences,
+                                        **self._engine_options(request.options, deadline))
+            _refuse_non_finite(answer)
+        except RequestError as error:
+            return error
+        except DeadlineExceeded as error:
+            self._free_memory()
+            return deadline_error(error, self.response_timeout)
+        except ValueError as error:
+            return RequestError(str(error))
+        except torch.cuda.OutOfMemoryError:
+            self._free_memory()
+            return RequestError("out of GPU memory for this request: ask for fewer n_steps, set "
+                                "internal_batch_size, or send shorter text", status=507)
+        except MemoryError:
+            return RequestError("out of memory for this request: ask for fewer n_steps, set "
+                                "internal_batch_size, or send shorter text", status=507)
+        except Exception as error:  # noqa: BLE001 - one request's failure must not kill the worker
+            logger.exception("intgrads: request failed")
+            return RequestError(f"internal error: {type(error).__name__}: {error}", status=500)
+        logger.info("intgrads: %d sentence(s), %d steps, %s in %.2f s", len(request.sequences),
+                    request.options["n_steps"], request.options["method"], time.perf_counter() - started)
+        return request, answer, time.perf_counter() - started
 
     def _free_memory(self):
         if torch.cuda.is_available():
@@ -356,7 +397,7 @@ class IntgradsHandler:
                 "limits": {**{k: v for k, v in self.limits.items() if k != "max_work"},
                            "max_work_gmac": self.work_budget, "response_timeout_s": self.response_timeout},
                 "outputs": list(intgrads.OUTPUT_NAMES), "methods": list(intgrads.METHODS),
-                "baselines": list(intgrads.BASELINES)}
+                "baselines": list(intgrads.BASELINES), "precisions": list(intgrads.PRECISIONS)}
 
 
 def _header(context, index, name):

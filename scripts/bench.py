@@ -17,10 +17,14 @@
    gzip MB/s = raw ``torch.save`` bytes / encode seconds; the README snippet must load every variant;
 6. the answer path (``scripts/bench_answer_path.py``): a GPU-fast stand-in served with the launcher's and
    ``intgrads-client``'s defaults vs computing, encoding and writing the same answers in process: wall and
-   host CPU per answer, by answer size (64 and 256 tokens).
+   host CPU per answer, by answer size (64 and 256 tokens);
+7. reduced precision (``scripts/bench_precision.py``): bfloat16 and float16 against float32 on the demo model
+   and the bert-base shape, seconds per sentence and fidelity (relative IG error, delta change, top-5 tokens);
+8. a TorchServe batch's requests run together (``scripts/bench_batching.py``): N sentences one by one vs one
+   padded engine call, sentences/s and the largest difference.
 
 Prints a table per part; ``--json FILE`` saves everything; ``--plot FILE.png`` draws time per sentence vs
-tokens (part 1). ``--device cuda`` runs parts 1, 4 and 5 on the GPU. ``--quick`` is a short run.
+tokens (part 1). ``--device cuda`` runs parts 1, 4, 5, 7 and 8 on the GPU. ``--quick`` is a short run.
 
     .venv/bin/python scripts/bench.py --json bench.json --plot docs/bench_cpu.png
 """
@@ -418,9 +422,9 @@ def launcher_default_chunk_tokens():
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu", help="cpu (all parts) or cuda (parts 1, 4, 5)")
+    parser.add_argument("--device", default="cpu", help="cpu (all parts) or cuda (parts 1, 4, 5, 7, 8)")
     parser.add_argument("--quick", action="store_true", help="short run: 16/64 tokens, 1 repeat, fewer requests")
-    parser.add_argument("--parts", default="1,2,3,4,5,6", help="comma-separated parts to run (default all)")
+    parser.add_argument("--parts", default="1,2,3,4,5,6,7,8", help="comma-separated parts to run (default all)")
     parser.add_argument("--tokens", type=int, nargs="+", default=None, help="part 1 lengths (default 16 64 256 512)")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=3, help="part 1 repeats at <= 64 tokens")
@@ -455,7 +459,7 @@ def main(argv=None) -> int:
     cuda = args.device.startswith("cuda")
     parts = {int(p) for p in args.parts.split(",")}
     if cuda:
-        parts &= {1, 4, 5}
+        parts &= {1, 4, 5, 7, 8}
     if args.tokens is None:
         args.tokens = [16, 64] if args.quick else [16, 64, 256, 512]
     if args.quick:
@@ -565,6 +569,22 @@ def main(argv=None) -> int:
         bench_answer_path.print_rows(results["answer_path"])
         if args.ap_plot:
             bench_answer_path.plot(results["answer_path"], args.ap_plot)
+        save()
+    if 7 in parts:
+        import bench_precision
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+        results["precision"] = [
+            bench_precision.run(model, bench_precision.sentences_for(model, args.http_tokens, tokenizer),
+                                device=args.device, steps=args.steps) for model in ("demo", "bert-base")]
+        bench_precision.print_rows(results["precision"])
+        save()
+    if 8 in parts:
+        import bench_batching
+
+        results["batching"] = [bench_batching.run(tokens, 8, device=args.device, steps=args.steps) for tokens in (16, 64)]
+        bench_batching.print_rows(results["batching"])
         save()
     if args.json:
         print(f"\nresults: {args.json}")

@@ -24,10 +24,11 @@ from dataclasses import dataclass, field
 
 from ..answer.keys import DTYPE_NAMES, HANDOFF_HEADER, HANDOFF_REQUEST, OUTPUT_NAMES
 from ..engine.baselines import BASELINES
+from ..engine.precision import PRECISIONS
 from ..engine.quadrature import METHODS, min_steps
 
 # The option fields a request may carry besides the sentence(s).
-OPTION_FIELDS = ("target", "n_steps", "method", "baseline", "keep_special_tokens", "internal_batch_size")
+OPTION_FIELDS = ("target", "n_steps", "method", "baseline", "keep_special_tokens", "internal_batch_size", "precision")
 TEXT_FIELDS = ("sequence", "sequences")
 # How the answer is sent (not engine options): "dtype" of its float tensors, and which "outputs" it holds.
 ENCODING_FIELDS = ("dtype", "outputs")
@@ -35,7 +36,7 @@ ALLOWED_FIELDS = TEXT_FIELDS + OPTION_FIELDS + ENCODING_FIELDS
 EXAMPLE_SENTENCE = "This is the sequence that you want to get the sentiment of"
 
 DEFAULT_OPTIONS = {"target": 1, "n_steps": 50, "method": "gausslegendre", "baseline": "zero",
-                   "keep_special_tokens": False, "internal_batch_size": None}
+                   "keep_special_tokens": False, "internal_batch_size": None, "precision": "float32"}
 DEFAULT_LIMITS = {"max_steps": 500, "max_tokens": 512, "max_sequences": 16, "max_chars": 100_000,
                   "max_body_bytes": 1_048_576, "max_response_bytes": 1_073_741_824, "chunk_tokens": None,
                   "gzip_level": 1, "max_work": None}
@@ -58,11 +59,12 @@ class RequestError(Exception):
 class Request:
     sequences: list          # the sentences, in order
     single: bool             # "sequence" (one answer dict) rather than "sequences" (a list)
-    options: dict            # target, n_steps, method, baseline, keep_special_tokens, internal_batch_size
+    options: dict            # target, n_steps, method, baseline, keep_special_tokens, internal_batch_size, precision
     want_json: bool = False  # JSON summary instead of the gzip answer
     given: list = field(default_factory=list)   # the option names the client set
     encoding: dict = field(default_factory=dict)  # {"dtype": "float32"|"float16", "outputs": list|None}
     handoff: bool = False    # the client asked for the answer as a file on this machine (X-Intgrads-Handoff)
+    lengths: list = field(default_factory=list)   # each sentence's tokens as the engine runs it (set by the handler)
 
 
 def usage_curl(url: str = "http://127.0.0.1:8888/predictions/MODEL") -> str:
@@ -327,6 +329,10 @@ def check_options(options: dict, *, num_labels: int, limits: dict) -> None:
     size = options["internal_batch_size"]
     if size is not None and not (_is_int(size) and size >= 1):
         raise RequestError(f"internal_batch_size must be a positive integer or null; got {_show(size)}")
+    precision = options["precision"]
+    if not isinstance(precision, str) or precision not in PRECISIONS:
+        raise RequestError(f"precision must be one of {', '.join(PRECISIONS)} (the arithmetic of the model's passes; "
+                           f"the answer's dtype is the separate \"dtype\"); got {_show(precision)}")
 
 
 def check_encoding(fields: dict) -> dict:

@@ -56,6 +56,7 @@ BAD_REQUESTS = [
     ("keep-special-string", dict(json={"sequence": "good", "keep_special_tokens": "yes"}), 400,
      "keep_special_tokens must be true or false"),
     ("internal-batch-zero", dict(json={"sequence": "good", "internal_batch_size": 0}), 400, "internal_batch_size"),
+    ("precision-unknown", dict(json={"sequence": "good", "precision": "fp8"}), 400, "precision must be one of"),
     ("nul-character", dict(json={"sequence": "good\u0000movie"}), 400, "NUL"),
     ("too-many-characters", dict(json={"sequence": "good " * 25000}), 413, "at most 100000"),
     ("body-too-big", dict(data=b'{"sequence": "' + b"a" * 2_000_000 + b'"}', headers=JSON), 413, "at most 1048576"),
@@ -148,11 +149,14 @@ def _describe_ready(server, model):
 
 
 def test_batching_each_request_gets_its_own_answer_or_error(server, direct):
-    """batchSize 4: concurrent good and bad requests, each answered on its own."""
+    """batchSize 4: concurrent good and bad requests, each answered on its own. Those with the same options run
+    together (padded engine calls, bucketed by length); each answer equals its request's answer alone to 1e-5."""
     sentences = [f"the {word} film was {adjective}." for word, adjective in
                  [("first", "good"), ("second", "awful"), ("third", "moving"), ("fourth", "dull"),
                   ("fifth", "fine"), ("sixth", "silly")]]
+    long_one = "the plot was thin, the acting wooden and the ending rushed, yet the music was " + "lovely " * 12
     jobs = [({"sequence": s, "n_steps": 5}, None) for s in sentences]
+    jobs += [({"sequences": [long_one, "a dull film."], "n_steps": 5}, None), ({"sequence": "fine", "n_steps": 4}, None)]
     jobs += [({"sequence": "bad target", "target": 9}, "target must be"), ({"sequence": ""}, "sequence is empty")]
     jobs = jobs[::2] + jobs[1::2]
     log_before = len(server.model_log())
@@ -167,10 +171,15 @@ def test_batching_each_request_gets_its_own_answer_or_error(server, direct):
     for (payload, error), response in zip(jobs, responses):
         if error:
             assert response.status_code == 400 and error in response.json()["error"]
-        else:
-            assert_same_answer(decode(response), direct("bert", payload["sequence"], n_steps=5))
-    sizes = [int(n) for n in re.findall(r"intgrads: batch of (\d+) request", server.model_log()[log_before:])]
+            continue
+        text = payload.get("sequence", payload.get("sequences"))
+        served, alone = decode(response), direct("bert", text, n_steps=payload["n_steps"])
+        for one, other in zip(*(([served], [alone]) if "sequence" in payload else (served, alone))):
+            assert_same_answer(one, other, atol=1e-5)
+    log = server.model_log()[log_before:]
+    sizes = [int(n) for n in re.findall(r"intgrads: batch of (\d+) request", log)]
     assert sum(sizes) == len(jobs) and max(sizes) > 1, sizes
+    assert re.search(r"intgrads: \d+ request\(s\) of the batch run together", log)
 
 
 def test_scaling_1_2_1_while_requests_succeed(server):
