@@ -27,7 +27,6 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,20 +56,6 @@ def _load(model: str, device: str, work: Path):
     return intgrads.load_model("bert", weights, tokenizer=bench_engine.default_tokenizer(), device=device)
 
 
-def _seconds(fn, repeats: int) -> float:
-    import torch
-
-    fn()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
-
-
 def _top(attributions, k: int = 5) -> set:
     return set(attributions.abs().topk(min(k, attributions.numel())).indices.tolist())
 
@@ -88,6 +73,8 @@ def compare(reference: dict, answer: dict) -> dict:
 
 def run(model: str, sentences, *, device: str = "cpu", steps: int = 50, repeats: int = 2,
         precisions=("float32", "bfloat16", "float16")) -> dict:
+    from bench_engine import median_time
+
     import intgrads
     from intgrads.engine.options import DEFAULT_CHUNK_TOKENS
 
@@ -101,7 +88,7 @@ def run(model: str, sentences, *, device: str = "cpu", steps: int = 50, repeats:
     references = [attribute(sentence, "float32") for sentence in sentences]
     rows = []
     for precision in precisions:
-        seconds = statistics.mean(_seconds(lambda s=s: attribute(s, precision), repeats) for s in sentences)
+        seconds = statistics.mean(median_time(lambda s=s: attribute(s, precision), repeats) for s in sentences)
         fidelity = [compare(ref, attribute(s, precision)) for ref, s in zip(references, sentences)]
         rows.append({
             "precision": precision, "seconds_per_sentence": seconds,
