@@ -22,7 +22,7 @@ Per request (see ``intgrads.serving.request``): ``{"sequence": "..."}`` plus opt
 ``intgrads.encode_answer`` bytes (``application/gzip``), or with ``Accept: application/json`` / the
 ``/explanations`` route a JSON summary. Every refused request gets its own 4xx status and a JSON
 ``{"error": ...}``; requests in a TorchServe batch each get their own answer or error. Those with the same
-options share padded engine calls (``intgrads.serving.batching``): their answers equal the answers of the
+options share an engine call (``intgrads.serving.batching``): their answers equal the answers of the
 requests sent alone to 1e-5, and at batch size 1 (the launcher's default) they are bitwise the engine's.
 """
 
@@ -41,7 +41,7 @@ from intgrads.answer.keys import HANDOFF_HEADER, SUMMARY_HEADER
 from intgrads.answer.summary import index_record
 from intgrads.engine.budget import DeadlineExceeded, deadline_for, model_shape
 from intgrads.engine.diagnostics import NON_FINITE
-from intgrads.serving.batching import gather, plan_buckets
+from intgrads.serving.batching import gather, plan_groups
 from intgrads.serving.guards import check_answer_size, check_work, deadline_error, sentence_lengths, work_budget
 from intgrads.serving.handoff import HandoffDir, HandoffFull
 from intgrads.serving.request import DEFAULT_LIMITS, DEFAULT_OPTIONS, RequestError, lower_keys, parse_request
@@ -184,7 +184,7 @@ class IntgradsHandler:
         return min(limit, positions) if positions else limit
 
     def inference(self, requests, context):
-        """Run the engine for the batch's requests: those sharing their options together (bucketed by length, see
+        """Run the engine for the batch's requests: those sharing their options in one call (see
         ``intgrads.serving.batching``), the others one by one; an engine refusal becomes that request's 4xx."""
         deadline = deadline_for(time.monotonic(), self.response_timeout)   # TorchServe's clock runs for the batch
         results = list(requests)
@@ -200,37 +200,34 @@ class IntgradsHandler:
                 "deadline": deadline}
 
     def _run_together(self, requests: dict, deadline) -> dict:
-        """{position: (request, answer, engine seconds) or RequestError} for the requests that shared engine calls;
-        a request whose bucket failed otherwise than by the deadline is left out, to run on its own."""
-        answers, seconds, failed, out = {}, {}, set(), {}
-        for bucket in plan_buckets(requests):
-            owners = {position for position, _, _ in bucket.items}
+        """{position: (request, answer, engine seconds) or RequestError} for the requests that shared an engine
+        call with others of the same options; those of a call that failed otherwise than by the deadline are
+        left out, to run on their own (and meet their own error)."""
+        out = {}
+        for group in plan_groups(requests):
             started = time.perf_counter()
             try:
-                items = intgrads.attribute(self.bundle, bucket.sentences(requests),
-                                           **self._engine_options(bucket.options, deadline))
+                items = intgrads.attribute(self.bundle, group.sentences(requests),
+                                           **self._engine_options(group.options, deadline))
             except DeadlineExceeded as error:
                 self._free_memory()
-                out.update({position: deadline_error(error, self.response_timeout) for position in owners})
+                out.update({position: deadline_error(error, self.response_timeout) for position in group.positions})
                 continue
-            except Exception:  # noqa: BLE001 - each request then runs alone and meets its own error
+            except Exception:  # noqa: BLE001 - each request then runs alone
                 self._free_memory()
-                failed |= owners
                 continue
             elapsed = time.perf_counter() - started
-            answers.update({(position, index): item for (position, index, _), item in zip(bucket.items, items)})
-            for position in owners:
-                seconds[position] = seconds.get(position, 0.0) + elapsed * bucket.tokens_of(position) / bucket.tokens
-        for position in seconds.keys() - failed - out.keys():
-            request = requests[position]
-            answer = gather(request, answers, position)
-            try:
-                _refuse_non_finite(answer)
-                out[position] = (request, answer, seconds[position])
-            except RequestError as error:
-                out[position] = error
-        if seconds:
-            logger.info("intgrads: %d request(s) of the batch run together", len(out))
+            answers = dict(zip(group.items, items))
+            tokens = {position: sum(requests[position].lengths) for position in group.positions}
+            for position in group.positions:
+                request = requests[position]
+                answer = gather(request, answers, position)
+                try:
+                    _refuse_non_finite(answer)
+                    out[position] = (request, answer, elapsed * tokens[position] / max(1, sum(tokens.values())))
+                except RequestError as error:
+                    out[position] = error
+            logger.info("intgrads: %d request(s) of the batch run together", len(group.positions))
         return out
 
     def _run_one(self, request, deadline):

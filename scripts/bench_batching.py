@@ -8,6 +8,10 @@ another (batch size 1) against the same N in one padded call (what one bucket do
 the largest difference between an answer of the padded call and the same sentence alone (the handler's
 promise: 1e-5). The gain is largest where one sentence leaves the device idle: short sentences on a GPU.
 
+``--mixed`` adds what the engine's buckets of similar length (``intgrads.engine.buckets``) save on a list of
+sentences of mixed lengths (16 to 128 tokens, 20 steps): the list padded into one batch, as before buckets,
+against the buckets, one timed run each.
+
     .venv/bin/python scripts/bench_batching.py --tokens 16 64 --count 8
     python scripts/bench_batching.py --device cuda --tokens 16 64 256 --count 8
 """
@@ -72,6 +76,40 @@ def run(tokens: int, count: int, *, device: str = "cpu", steps: int = 50) -> dic
             "gain": one_by_one / padded, "max_abs_difference": difference}
 
 
+MIXED_TOKENS = (16, 24, 32, 48, 64, 96, 128, 16)
+
+
+def run_mixed(*, device: str = "cpu", steps: int = 20) -> dict:
+    """One padded batch of MIXED_TOKENS-long sentences against the engine's buckets of similar length."""
+    import bench_engine
+
+    import intgrads
+    from intgrads.engine import attribution
+    from intgrads.engine.options import DEFAULT_CHUNK_TOKENS
+
+    bundle = intgrads.load_model("bert", bench_engine.make_bert(Path(tempfile.mkdtemp())),
+                                 tokenizer=bench_engine.default_tokenizer(), device=device)
+    sentences = [sentences_of(bundle.tokenizer, tokens, 1)[0] for tokens in MIXED_TOKENS]
+    options = {"n_steps": steps, "chunk_tokens": DEFAULT_CHUNK_TOKENS}
+    intgrads.attribute(bundle, sentences[:1], **options)   # warm-up
+    started = time.perf_counter()
+    bucketed = intgrads.attribute(bundle, sentences, **options)
+    buckets_seconds = time.perf_counter() - started
+    real = attribution.length_buckets
+    attribution.length_buckets = lambda lengths: [list(range(len(lengths)))]   # every sentence in one batch
+    try:
+        started = time.perf_counter()
+        padded = intgrads.attribute(bundle, sentences, **options)
+        padded_seconds = time.perf_counter() - started
+    finally:
+        attribution.length_buckets = real
+    difference = max(float((a["integrated_gradients"] - b["integrated_gradients"]).abs().max())
+                     for a, b in zip(bucketed, padded))
+    return {"device": device, "tokens": list(MIXED_TOKENS), "steps": steps, "one_batch_seconds": padded_seconds,
+            "buckets_seconds": buckets_seconds, "gain": padded_seconds / buckets_seconds,
+            "max_abs_difference": difference}
+
+
 def print_rows(rows):
     print("\n(8) a batch's requests run together vs one by one (engine, in process, bert-base shape)")
     print(f"{'device':>7} {'tokens':>6} {'N':>3} {'one by one /s':>13} {'together /s':>11} {'gain':>6} {'max |diff|':>10}")
@@ -86,12 +124,19 @@ def main(argv=None) -> int:
     parser.add_argument("--tokens", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--count", type=int, default=8)
     parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--mixed", action="store_true", help="also: a mixed-length list, buckets vs one batch")
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args(argv)
     rows = [run(tokens, args.count, device=args.device, steps=args.steps) for tokens in args.tokens]
     print_rows(rows)
+    out = {"command": " ".join(sys.argv), "rows": rows}
+    if args.mixed:
+        out["mixed"] = mixed = run_mixed(device=args.device)
+        print(f"\nmixed lengths {mixed['tokens']}, {mixed['steps']} steps: one padded batch "
+              f"{mixed['one_batch_seconds']:.1f} s, buckets {mixed['buckets_seconds']:.1f} s "
+              f"({mixed['gain']:.2f}x), max |IG difference| {mixed['max_abs_difference']:.1e}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"command": " ".join(sys.argv), "rows": rows}, indent=2))
+        Path(args.json).write_text(json.dumps(out, indent=2))
     return 0
 
 

@@ -7,6 +7,7 @@
 - ``models``: :func:`load_model` -> :class:`ModelBundle` (model, tokenizer, attributed layer).
 - ``options``: validation of the attribution options.
 - ``precision``: the arithmetic of the model's passes (float32, or bfloat16 / float16 under autocast).
+- ``buckets``: a list of sentences cut into buckets of similar length, each one padded batch.
 - ``attribution``: :func:`attribute`, the one-pass layer integrated gradients with intermediate gradients.
 - ``diagnostics``: the warnings of a poor answer (convergence, gradient spikes, truncation, non-finite values).
 - ``budget``: the work a request is (multiply-accumulates) and its deadline.

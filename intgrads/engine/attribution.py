@@ -10,8 +10,9 @@ output when every word vector is the baseline's), and a quadrature rule ``(a_k, 
 
 ``z_k`` is substituted for the layer's output inside the model's forward, so the layers below it
 are not recomputed and only the gradient with respect to ``z`` is taken (no parameter gradients).
-A list of sentences is padded into one batch (rows ordered sentence-major, then step); the
-attention mask keeps the padding out of every real token's value.
+A list of sentences is cut into buckets of similar length (``buckets``), each padded into one batch
+(rows ordered sentence-major, then step); the attention mask keeps the padding out of every real
+token's value.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import dataclasses
 import torch
 
 from .baselines import baseline_word_vector, baseline_word_vectors
+from .buckets import length_buckets
 from .budget import check_deadline
 from .diagnostics import answer_warnings
 from .options import DEFAULT_CHUNK_TOKENS, check_options, check_sequences
@@ -49,22 +51,31 @@ def attribute(bundle, sequence_or_list, *, target=1, n_steps=50, method="gaussle
         keep_special_tokens=keep_special_tokens, internal_batch_size=internal_batch_size, max_tokens=max_tokens,
         num_labels=bundle.num_labels, min_tokens=tokenizer.num_special_tokens_to_add() + 1,
         max_positions=bundle.max_positions, precision=precision)
-    batch = _encode(bundle, sentences, options.max_tokens)
-    if options.internal_batch_size is None and chunk_tokens is not None:
-        if not (isinstance(chunk_tokens, int) and chunk_tokens >= 1):
-            raise ValueError(f"chunk_tokens must be a positive integer or None; got {chunk_tokens!r}")
-        rows = max(1, chunk_tokens // batch["input_ids"].shape[1])
-        options = dataclasses.replace(options, internal_batch_size=rows)
+    full_lengths = [len(ids) for ids in tokenizer(sentences, add_special_tokens=True)["input_ids"]]
+    if not (chunk_tokens is None or (isinstance(chunk_tokens, int) and chunk_tokens >= 1)):
+        raise ValueError(f"chunk_tokens must be a positive integer or None; got {chunk_tokens!r}")
+    answers = [None] * len(sentences)
     with bundle.lock:  # the layer substitution must not interleave with another thread's call
-        answers = _attribute_batch(bundle, batch, options, deadline)
+        for bucket in length_buckets([min(length, options.max_tokens) for length in full_lengths]):
+            batch = _encode(bundle, [sentences[i] for i in bucket], [full_lengths[i] for i in bucket],
+                            options.max_tokens)
+            for index, answer in zip(bucket, _attribute_batch(bundle, batch, _chunked(options, batch, chunk_tokens),
+                                                             deadline)):
+                answers[index] = answer
     return answers[0] if single else answers
 
 
-def _encode(bundle, sentences, max_tokens):
+def _chunked(options, batch, chunk_tokens):
+    """The options with internal_batch_size set from ``chunk_tokens`` (padded tokens per chunk) when not given."""
+    if options.internal_batch_size is not None or chunk_tokens is None:
+        return options
+    return dataclasses.replace(options, internal_batch_size=max(1, chunk_tokens // batch["input_ids"].shape[1]))
+
+
+def _encode(bundle, sentences, full_lengths, max_tokens):
     tokenizer = bundle.tokenizer
     encoded = tokenizer(sentences, padding=True, truncation=True, max_length=max_tokens, return_tensors="pt",
                         return_token_type_ids=True, return_special_tokens_mask=True)
-    full_lengths = [len(ids) for ids in tokenizer(sentences, add_special_tokens=True)["input_ids"]]
     device = bundle.device
     mask = encoded["attention_mask"].to(device)
     batch = {

@@ -23,11 +23,9 @@ from __future__ import annotations
 
 import contextlib
 
-import torch
-
+# No torch import at module level: the request parser and the launcher's --help read PRECISIONS without torch.
 PRECISIONS = ("float32", "bfloat16", "float16")
 DEFAULT_PRECISION = "float32"
-_TORCH_TYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def check_precision(precision) -> str:
@@ -41,5 +39,6 @@ def computing_in(precision: str, device) -> contextlib.AbstractContextManager:
     """The context the model's passes run in: nothing for float32, ``torch.autocast`` otherwise."""
     if precision == DEFAULT_PRECISION:
         return contextlib.nullcontext()
-    device_type = torch.device(device).type
-    return torch.autocast(device_type=device_type, dtype=_TORCH_TYPES[precision])
+    import torch
+
+    return torch.autocast(device_type=torch.device(device).type, dtype=getattr(torch, precision))

@@ -168,10 +168,22 @@ def test_batch_equals_single_sentences(cases, bundles, model, baseline, keep):
 
 @pytest.mark.parametrize("model", ("bert", "xlnet"))
 def test_batch_member_matches_captum(cases, bundles, model):
-    """The shortest (most padded) sentence of a batch against captum on that sentence alone."""
+    """The shortest sentence of a batch (padded within its bucket) against captum on that sentence alone."""
     answers = intgrads.attribute(bundles[model], SENTENCES, n_steps=N_STEPS, baseline="unk")
     oracle = cases[model].captum(SENTENCES[0], n_steps=N_STEPS, baseline="unk")
     torch.testing.assert_close(answers[0]["integrated_gradients"], oracle["ig"], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("model", ("bert", "xlnet"))
+def test_a_list_runs_in_buckets_of_similar_length(bundles, model):
+    """A short sentence beside a five times longer one is not padded to it: it runs in its own bucket, so its
+    answer is bitwise its answer alone; the long one's too."""
+    short, long = "a fine film.", " ".join(["the movie was good but the ending felt rushed"] * 5)
+    answers = intgrads.attribute(bundles[model], [long, short], n_steps=N_STEPS)
+    for sentence, answer in zip((long, short), answers):
+        alone = intgrads.attribute(bundles[model], sentence, n_steps=N_STEPS)
+        for key in ("integrated_gradients", "intermediate_gradients", "logits"):
+            assert torch.equal(answer[key], alone[key]), key
 
 
 def test_single_item_list_gives_a_list(bundles):

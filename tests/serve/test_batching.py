@@ -1,41 +1,51 @@
-"""How the requests of one TorchServe batch are grouped and bucketed (no server: the plan alone).
+"""How the requests of one TorchServe batch are grouped (no server: the plan alone), and how the engine cuts
+sentences into buckets of similar length.
 
 The served check, each batched answer equal to its request's answer alone, is in test_serve_requests.py."""
 
 from __future__ import annotations
 
-from intgrads.serving.batching import PAD_RATIO, PAD_SLACK, gather, plan_buckets
+from intgrads.engine.buckets import PAD_RATIO, PAD_SLACK, length_buckets
+from intgrads.serving.batching import gather, plan_groups
 from intgrads.serving.request import Request
 
 STEPS_5 = {"target": 1, "n_steps": 5}
 
 
-def _request(lengths, options=STEPS_5, single=None):
-    sentences = [f"s{length}" for length in lengths]
-    return Request(sequences=sentences, single=len(lengths) == 1 if single is None else single, options=dict(options),
-                   lengths=list(lengths))
+def _request(count, options=STEPS_5, single=None):
+    return Request(sequences=[f"s{i}" for i in range(count)], single=count == 1 if single is None else single,
+                   options=dict(options))
 
 
-def test_same_options_share_buckets_of_similar_length():
-    requests = {0: _request([10]), 1: _request([12]), 2: _request([40, 11]), 3: _request([9], {**STEPS_5, "n_steps": 6})}
-    buckets = plan_buckets(requests)
-    # request 3 is alone with its options: not planned (it runs as it came)
-    assert all(position != 3 for bucket in buckets for position, _, _ in bucket.items)
-    assert [[(p, i) for p, i, _ in bucket.items] for bucket in buckets] == [[(0, 0), (2, 1), (1, 0)], [(2, 0)]]
-    # 12 <= 1.25 * 10 + 4 = 16.5 joins the first bucket; 40 does not
-    assert 12 <= PAD_RATIO * 10 + PAD_SLACK < 40
-    first = buckets[0]
-    assert first.sentences(requests) == ["s10", "s11", "s12"]
-    assert first.tokens == 33 and first.tokens_of(2) == 11
+def test_requests_with_the_same_options_share_one_call():
+    requests = {0: _request(1), 1: _request(1), 2: _request(2), 3: _request(1, {**STEPS_5, "n_steps": 6})}
+    groups = plan_groups(requests)
+    assert len(groups) == 1   # request 3 is alone with its options: not planned (it runs as it came)
+    group = groups[0]
+    assert group.positions == [0, 1, 2]
+    assert group.items == [(0, 0), (1, 0), (2, 0), (2, 1)]
+    assert group.sentences(requests) == ["s0", "s0", "s0", "s1"]
 
 
 def test_gather_restores_each_requests_shape_and_order():
-    single, many = _request([10]), _request([40, 11])
+    single, many = _request(1), _request(2)
     answers = {(0, 0): "a", (1, 1): "c", (1, 0): "b"}
     assert gather(single, answers, 0) == "a"
     assert gather(many, answers, 1) == ["b", "c"]
 
 
 def test_a_lone_request_is_not_planned():
-    assert plan_buckets({0: _request([10])}) == []
-    assert plan_buckets({0: _request([10]), 1: _request([10], {**STEPS_5, "precision": "bfloat16"})}) == []
+    assert plan_groups({0: _request(3)}) == []
+    assert plan_groups({0: _request(1), 1: _request(1, {**STEPS_5, "precision": "bfloat16"})}) == []
+
+
+def test_length_buckets_bound_the_padding():
+    lengths = [40, 10, 12, 11, 300, 51, 9]
+    buckets = length_buckets(lengths)
+    # sorted: 9 10 11 12 (12 <= 1.25 * 9 + 4) | 40 51 (51 <= 1.25 * 40 + 4 = 54) | 300
+    assert buckets == [[6, 1, 3, 2], [0, 5], [4]]
+    for bucket in buckets:
+        shortest, longest = min(lengths[i] for i in bucket), max(lengths[i] for i in bucket)
+        assert longest <= PAD_RATIO * shortest + PAD_SLACK
+    assert sorted(i for bucket in buckets for i in bucket) == list(range(len(lengths)))
+    assert length_buckets([]) == [] and length_buckets([7, 7, 7]) == [[0, 1, 2]]
