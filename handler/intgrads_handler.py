@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 import intgrads
-from intgrads.answer.keys import HANDOFF_HEADER, SUMMARY_HEADER
+from intgrads.answer.keys import HANDOFF_HEADER, SENDABLE_NAMES, SUMMARY_HEADER
 from intgrads.answer.summary import index_record
 from intgrads.engine.budget import DeadlineExceeded, deadline_for, model_shape
 from intgrads.engine.diagnostics import NON_FINITE
@@ -393,7 +393,7 @@ class IntgradsHandler:
                 "max_positions": self.bundle.max_positions, "defaults": dict(self.defaults),
                 "limits": {**{k: v for k, v in self.limits.items() if k != "max_work"},
                            "max_work_gmac": self.work_budget, "response_timeout_s": self.response_timeout},
-                "outputs": list(intgrads.OUTPUT_NAMES), "methods": list(intgrads.METHODS),
+                "outputs": list(SENDABLE_NAMES), "methods": list(intgrads.METHODS),
                 "baselines": list(intgrads.BASELINES), "precisions": list(intgrads.PRECISIONS)}
 
 

@@ -11,7 +11,8 @@ Each gets N sentences of T tokens, at 50 steps. Ways timed:
   for the device: 1 on CPU, 0 on a GPU), then the file written and fsynced as ``intgrads-client`` writes it, one
   sentence after another;
 - served: the launcher's defaults (with ``--cuda --workers-per-gpu W`` on a GPU, for each W given), then
-  ``intgrads-client FILE -o DIR --url URL`` with its defaults, timed from the client's start to its end.
+  ``intgrads-client FILE -o DIR --url URL`` with its defaults (plus ``--client-flags``), timed from the client's
+  start to its end.
 
 For each, it measures wall seconds per answer (and sentences/s) and host CPU seconds per answer. Served CPU is the
 client's (``RUSAGE_CHILDREN``) plus the TorchServe frontend's and workers' (``/proc/PID/stat`` before and after).
@@ -177,7 +178,7 @@ def fsync_seconds(path: Path, payload: bytes, repeats: int = 5) -> float:
     return statistics.median(costs)
 
 
-def served(model: dict, batches: dict, work: Path, extra_flags=()) -> dict:
+def served(model: dict, batches: dict, work: Path, extra_flags=(), client_flags=()) -> dict:
     """One server with the launcher's defaults (and ``extra_flags``); for each ``{tokens: texts}`` batch, one
     ``intgrads-client`` run with its defaults: {tokens: wall and host CPU of the client's run}."""
     from bench import free_port
@@ -195,7 +196,7 @@ def served(model: dict, batches: dict, work: Path, extra_flags=()) -> dict:
     try:
         state = json.loads((run_dir / "state.json").read_text())
         url = f"http://127.0.0.1:{port}/predictions/{model['name']}"
-        client = [sys.executable, "-m", "intgrads.client", "--url", url, "--no-progress"]
+        client = [sys.executable, "-m", "intgrads.client", "--url", url, "--no-progress", *client_flags]
         return {tokens: client_run(client, texts, work, env, [state["pid"], *state["worker_pids"]])
                 for tokens, texts in batches.items()}
     finally:
@@ -229,7 +230,7 @@ def client_run(client: list, texts: list[str], work: Path, env: dict, pids: list
             "bytes": size, "workers": len(pids) - 1}
 
 
-def run_shape(shape: str, tokens_list, counts, device: str = "cpu", layouts=((),)) -> list[dict]:
+def run_shape(shape: str, tokens_list, counts, device: str = "cpu", layouts=((),), client_flags=()) -> list[dict]:
     """In process, then served with each layout (a tuple of launcher flags), for each sentence length."""
     from transformers import AutoTokenizer
 
@@ -253,7 +254,7 @@ def run_shape(shape: str, tokens_list, counts, device: str = "cpu", layouts=((),
     rows = []
     for flags in layouts:
         print(f"[answer path] {shape}: served {' '.join(map(str, flags)) or '(defaults)'} ...", flush=True)
-        remote = served(model, batches, work, flags)
+        remote = served(model, batches, work, flags, client_flags)
         print(f"[answer path]   {json.dumps(remote)}", flush=True)
         rows += [make_row(shape, device, tokens, len(batches[tokens]), local[tokens], remote[tokens])
                  for tokens in batches]
@@ -347,6 +348,9 @@ def main(argv=None) -> int:
     parser.add_argument("--plot")
     parser.add_argument("--body", action="store_true",
                         help="serve with --handoff-max-bytes 0: every answer in the HTTP body (for comparison)")
+    parser.add_argument("--client-flags", default="",
+                        help="extra intgrads-client flags, e.g. '--no-handoff' (compact bodies) or "
+                             "'--no-handoff --no-rebuild' (whole bodies)")
     args = parser.parse_args(argv)
     flags = ("--handoff-max-bytes", "0") if args.body else ()
     counts = args.count * len(args.tokens) if len(args.count) == 1 else args.count
@@ -356,7 +360,7 @@ def main(argv=None) -> int:
         layouts = [("--cuda", "--workers-per-gpu", w, *flags) for w in args.workers_per_gpu]
     else:
         layouts = [flags]
-    rows = run_shape(args.shape, args.tokens, counts, args.device, layouts)
+    rows = run_shape(args.shape, args.tokens, counts, args.device, layouts, tuple(args.client_flags.split()))
     print_rows(rows)
     if args.plot:
         plot(rows, args.plot)

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .keys import DTYPE_NAMES, OUTPUT_NAMES
+from .keys import DTYPE_NAMES, SENDABLE_NAMES
 
 try:  # the same gzip format, written by ISA-L
     from isal import igzip as _gzip
@@ -42,16 +42,16 @@ def prepare_answer(obj: Any, *, outputs=None, dtype: str | None = None) -> Any:
     if isinstance(obj, list):
         return [prepare_answer(item, outputs=outputs, dtype=dtype) for item in obj]
     if outputs is not None:
-        unknown = [name for name in outputs if name not in OUTPUT_NAMES]
+        unknown = [name for name in outputs if name not in SENDABLE_NAMES]
         if unknown:
             raise ValueError(f"unknown output(s) {', '.join(map(repr, unknown))}; outputs may name "
-                             f"{', '.join(OUTPUT_NAMES)}")
+                             f"{', '.join(SENDABLE_NAMES)}")
     if dtype is not None and dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
     target = DTYPES.get(dtype)
     out = {}
     for key, value in obj.items():
-        if outputs is not None and key in OUTPUT_NAMES and key not in outputs:
+        if outputs is not None and key in SENDABLE_NAMES and key not in outputs:
             continue
         if target is not None and isinstance(value, torch.Tensor) and value.is_floating_point():
             value = value.to(target)

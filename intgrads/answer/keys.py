@@ -18,6 +18,13 @@ from __future__ import annotations
 # The answer keys a client may choose with a request's "outputs" (the settings keys are always kept).
 OUTPUT_NAMES = ("integrated_gradients", "intermediate_gradients", "step_sizes", "intermediates", "tokens",
                 "input_ids", "token_attributions", "logits", "convergence_delta")
+# The ends of the path, x and b (1, T, H) float32: in an answer only when a request's "outputs" names them (the
+# engine's attribute(endpoints=True)). With them a client rebuilds intermediates = b + a_k (x - b) itself
+# (``intgrads.answer.rebuild``).
+ENDPOINT_NAMES = ("layer_input", "layer_baseline")
+SENDABLE_NAMES = OUTPUT_NAMES + ENDPOINT_NAMES
+# The "outputs" of a client that rebuilds the intermediates: every output but them, and x and b.
+COMPACT_OUTPUTS = tuple(name for name in OUTPUT_NAMES if name != "intermediates") + ENDPOINT_NAMES
 # What was actually used, what the model is, and the answer's warnings (a list of sentences, empty when all is
 # well; see intgrads.engine.diagnostics): always in the answer and its summary.
 SETTINGS_KEYS = ("target", "convergence_delta", "n_steps", "method", "baseline", "keep_special_tokens",
@@ -31,16 +38,18 @@ def estimate_answer_bytes(n_tokens: int, hidden: int, n_steps: int, *, dtype: st
     """Bytes of one answer's tensors before gzip, for the ``dtype`` and the ``outputs`` asked for (None: all):
 
         size = bytes(dtype) * (T * H * (N * [intermediates] + N * [intermediate_gradients]
-                                        + [integrated_gradients]) + N + 2 T) + 64 T + 4096
+                                        + [integrated_gradients] + [layer_input] + [layer_baseline])
+                               + N + 2 T) + 64 T + 4096
 
-    where [name] is 1 when that output is sent, the last terms a bound on the small keys."""
+    where [name] is 1 when that output is sent (x and b only when named), the last terms a bound on the small
+    keys."""
     size = DTYPE_BYTES.get(dtype, 4)
 
     def kept(name):
-        return outputs is None or name in outputs
+        return (outputs is None and name in OUTPUT_NAMES) or (outputs is not None and name in outputs)   # x, b: named
 
     big = n_tokens * hidden * (n_steps * (kept("intermediates") + kept("intermediate_gradients"))
-                               + kept("integrated_gradients"))
+                               + kept("integrated_gradients") + kept("layer_input") + kept("layer_baseline"))
     return size * (big + n_steps + 2 * n_tokens) + 64 * n_tokens + 4096
 
 

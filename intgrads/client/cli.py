@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .index import INDEX_NAME, OutputBusy
 from .inputs import read_sentences
-from .sender import TOKEN_ENV, Client, RunAborted
+from .sender import REBUILD_CHOICES, TOKEN_ENV, Client, RunAborted
 
 
 def _target(value: str):
@@ -65,6 +65,12 @@ def _send_parser() -> argparse.ArgumentParser:
                                                                     "time (default 1)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for one answer (default 300)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-handoff", action="store_true",
+                        help="take answers as HTTP bodies even from a server on this machine (not as its files)")
+    parser.add_argument("--rebuild", choices=REBUILD_CHOICES, default="remote",
+                        help="whose bodies to take compact, x and b instead of the intermediates (about half the "
+                             "bytes), rebuilt here into the same answer file: servers on other machines (default), "
+                             "all, or none")
     return parser
 
 
@@ -110,7 +116,7 @@ def _main_send(argv) -> int:
     urls = [url.strip() for value in args.url for url in value.split(",") if url.strip()]
     try:
         client = Client(urls, token=args.token, key_file=args.key_file, retries=args.retries, backoff=args.backoff,
-                        timeout=args.timeout)
+                        timeout=args.timeout, handoff=not args.no_handoff, rebuild=args.rebuild)
     except (OSError, ValueError) as error:
         parser.error(str(error))
     try:

@@ -1,5 +1,10 @@
 """Sending sentences to intgrads servers: :class:`Client` (one sentence, or a whole run with bounded
-concurrency, retries with backoff and round-robin over servers) and the index fields of each answer."""
+concurrency, retries with backoff and round-robin over servers) and the index fields of each answer.
+
+In a run each answer arrives the cheapest way it can: from a server on this machine as the file it wrote
+(renamed into the output); from a server on another machine, as a compact body, x and b instead of the
+intermediates, which ``intgrads.answer.rebuild`` turns back into the whole answer before it is written (about
+half the bytes on the network)."""
 
 from __future__ import annotations
 
@@ -18,8 +23,9 @@ from urllib.parse import urlsplit
 
 import requests
 import urllib3
+from requests.structures import CaseInsensitiveDict
 
-from ..answer.keys import HANDOFF_HEADER, HANDOFF_REQUEST, SUMMARY_HEADER
+from ..answer.keys import COMPACT_OUTPUTS, ENDPOINT_NAMES, HANDOFF_HEADER, HANDOFF_REQUEST, SUMMARY_HEADER
 from .index import (INDEX_NAME, HandoffRefused, collect_handoff, is_done, lock_output, read_index, sentence_fields,
                     write_atomically, write_index)
 from .inputs import read_key_file
@@ -30,6 +36,10 @@ FATAL_STATUSES = (401, 403, 404)
 TOKEN_REFUSED = "Token Authorization failed"
 GZIP_MAGIC = b"\x1f\x8b"
 TOKEN_ENV = "INTGRADS_TOKEN"
+COMPACT_HEADER = "X-Intgrads-Compact"   # set by _post (not by a server) on a body asked for compact
+# Which servers' bodies a run takes compact (x and b, rebuilt here): those on other machines (where the network
+# and the server's encoding set the pace; on one machine rebuilding costs the client more than it saves), all, none.
+REBUILD_CHOICES = ("remote", "always", "never")
 
 
 class ClientError(Exception):
@@ -113,7 +123,7 @@ class Client:
     """
 
     def __init__(self, urls, *, token: str | None = None, key_file=None, retries: int = 5, backoff: float = 1.0,
-                 max_backoff: float = 60.0, timeout: float = 300.0):
+                 max_backoff: float = 60.0, timeout: float = 300.0, handoff: bool = True, rebuild: str = "remote"):
         self.urls = [urls] if isinstance(urls, str) else list(urls)
         if not self.urls:
             raise ValueError("give at least one server URL")
@@ -136,6 +146,12 @@ class Client:
         self._local = threading.local()
         self._no_handoff: set = set()
         self.handoff_fallbacks: list = []   # why a server's answer files could not be taken (then: bodies)
+        self.handoff = handoff   # ask a server on this machine for answer files
+        if rebuild not in REBUILD_CHOICES:
+            raise ValueError(f"rebuild must be one of {', '.join(REBUILD_CHOICES)}; got {rebuild!r}")
+        self.rebuild = rebuild   # in a run, which servers' bodies come compact (x and b), rebuilt here
+        self._no_compact: set = set()   # servers that refused compact answers (an older intgrads)
+        self.rebuilt = 0   # answers taken compact and rebuilt here
 
     # -- one sentence ---------------------------------------------------------------------------------------
 
@@ -268,7 +284,8 @@ class Client:
     def _answer_into(self, path: Path, sentence: str, options: dict, stop) -> tuple[dict, str, int]:
         """Get one answer into ``path`` and its index fields: from a server on this machine, the file it wrote
         (renamed here, no copy); else, or when that file cannot be taken, the body. Returns (fields, url, tries)."""
-        body, url, attempts, headers = self._post(sentence, options, binary=True, stop=stop, handoff=True)
+        body, url, attempts, headers = self._post(sentence, options, binary=True, stop=stop, handoff=True,
+                                                  compact=True)
         handed = headers.get(HANDOFF_HEADER)
         if handed:
             try:
@@ -278,8 +295,13 @@ class Client:
                 with self._url_lock:
                     self._no_handoff.add(url)   # this server's files are out of reach: bodies from now on
                 self.handoff_fallbacks.append(f"{url}: {error}")
-                body, url, more, headers = self._post(sentence, options, binary=True, stop=stop, handoff=False)
+                body, url, more, headers = self._post(sentence, options, binary=True, stop=stop, handoff=False,
+                                                      compact=True)
                 attempts += more
+        if body is not None and headers.get(COMPACT_HEADER):
+            body = _rebuilt(body)
+            with self._url_lock:
+                self.rebuilt += 1
         if body is not None:
             write_atomically(path, body)
         try:
@@ -302,18 +324,29 @@ class Client:
     def _may_handoff(self, url: str) -> bool:
         """Ask for the answer as a file only from a server on this machine (a loopback URL) whose files we have
         not failed to take."""
-        host = urlsplit(url).hostname or ""
         with self._url_lock:
             refused = url in self._no_handoff
-        return not refused and (host == "localhost" or host == "::1" or host.startswith("127."))
+        return self.handoff and not refused and _on_this_machine(url)
 
     def _pick_url(self) -> str:
         with self._url_lock:
             return self.urls[next(self._next_url)]
 
-    def _post(self, sentence, options, *, binary: bool, stop: threading.Event | None = None, handoff: bool = False):
+    def _asked(self, url, headers, payload, *, handoff: bool, compact: bool) -> tuple[dict, dict]:
+        """The headers and body of one try at ``url``: a hand-off from a server on this machine, else (``compact``,
+        and ``rebuild`` says so for this server) x and b instead of the intermediates, unless it can't send them."""
+        if handoff and self._may_handoff(url):
+            return {**headers, HANDOFF_HEADER: HANDOFF_REQUEST}, payload
+        wanted = self.rebuild == "always" or (self.rebuild == "remote" and not _on_this_machine(url))
+        with self._url_lock:
+            compact = compact and wanted and url not in self._no_compact
+        return dict(headers), ({**payload, "outputs": list(COMPACT_OUTPUTS)} if compact else payload)
+
+    def _post(self, sentence, options, *, binary: bool, stop: threading.Event | None = None, handoff: bool = False,
+              compact: bool = False):
         """POST once per try until an answer; returns ``(body, url, attempts, headers)`` or raises
-        :class:`ClientError`. ``handoff``: ask a server on this machine for the answer as a file."""
+        :class:`ClientError`. ``handoff``: ask a server on this machine for the answer as a file; ``compact``:
+        otherwise ask for x and b instead of the intermediates (the headers then hold COMPACT_HEADER)."""
         payload = {"sequence": sentence, **options}
         headers = {"Content-Type": "application/json",
                    "Accept": "application/gzip" if binary else "application/json"}
@@ -324,11 +357,9 @@ class Client:
             attempt += 1
             url = self._pick_url()
             retry_after = None
-            asked = dict(headers)
-            if handoff and binary and self._may_handoff(url):
-                asked[HANDOFF_HEADER] = HANDOFF_REQUEST
+            asked, sent = self._asked(url, headers, payload, handoff=handoff and binary, compact=compact and binary)
             try:
-                response = self._session().post(url, json=payload, headers=asked, stream=True,
+                response = self._session().post(url, json=sent, headers=asked, stream=True,
                                                 timeout=(min(10.0, self.timeout), self.timeout))
                 with response:
                     body = response.raw.read(decode_content=False)
@@ -338,7 +369,12 @@ class Client:
                         raise ClientError(f"the server at {url} answered 200 but not with a gzip answer "
                                           f"({response.headers.get('Content-Type', 'no content type')})",
                                           status=status, url=url, attempts=attempt)
-                    return body, url, attempt, response.headers
+                    return body, url, attempt, _marked(response.headers, compact=sent is not payload)
+                if status == 400 and sent is not payload and ENDPOINT_NAMES[0] in _error_text(body):
+                    with self._url_lock:   # a server that can't send x and b: whole answers from it
+                        self._no_compact.add(url)
+                    attempt -= 1
+                    continue
                 error = ClientError(f"HTTP {status}: {_error_text(body)}", status=status, url=url, attempts=attempt)
                 retry_after = _retry_after(response.headers.get("Retry-After"))
             except ClientError:
@@ -417,6 +453,31 @@ def _answer_fields(body: bytes) -> dict:
     if not isinstance(answer, dict) or "logits" not in answer:
         raise ClientError("the server's answer is not an intgrads answer dict")
     return index_record(summarize_answer(answer))
+
+
+def _on_this_machine(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    return host == "localhost" or host == "::1" or host.startswith("127.")
+
+
+def _marked(headers, *, compact: bool):
+    """The response headers, with COMPACT_HEADER added when the body was asked for compact."""
+    if not compact:
+        return headers
+    marked = CaseInsensitiveDict(headers)
+    marked[COMPACT_HEADER] = "1"
+    return marked
+
+
+def _rebuilt(body: bytes) -> bytes:
+    """A compact answer (x and b) turned back into the whole one the server would have sent."""
+    from ..answer.codec import decode_answer, encode_answer
+    from ..answer.rebuild import rebuild_intermediates
+
+    try:
+        return encode_answer(rebuild_intermediates(decode_answer(body)))
+    except Exception as error:  # noqa: BLE001
+        raise ClientError(f"the server's compact answer does not rebuild: {type(error).__name__}: {error}") from None
 
 
 def _progress_bar(total, enabled):

@@ -33,7 +33,7 @@ from .quadrature import step_sizes_and_alphas
 
 def attribute(bundle, sequence_or_list, *, target=1, n_steps=50, method="gausslegendre", baseline="zero",
               keep_special_tokens=False, internal_batch_size=None, max_tokens=512,
-              chunk_tokens=DEFAULT_CHUNK_TOKENS, deadline=None, precision=DEFAULT_PRECISION):
+              chunk_tokens=DEFAULT_CHUNK_TOKENS, deadline=None, precision=DEFAULT_PRECISION, endpoints=False):
     """Integrated and intermediate gradients of ``bundle``'s ``target`` logit for one sentence
     (returns a dict) or a list of sentences (returns a list of dicts). See the README for the keys.
 
@@ -43,7 +43,9 @@ def attribute(bundle, sequence_or_list, *, target=1, n_steps=50, method="gaussle
     float rounding (1e-6). ``deadline`` (a ``time.monotonic()`` value) is checked before each chunk: once it
     has passed, :class:`~intgrads.engine.budget.DeadlineExceeded` is raised and the work stops there.
     ``precision`` ("float32", "bfloat16" or "float16") is the arithmetic of the model's passes (see
-    :mod:`intgrads.engine.precision`); the answer's tensors are float32 in every precision."""
+    :mod:`intgrads.engine.precision`); the answer's tensors are float32 in every precision. ``endpoints=True``
+    adds the path's ends x and b as ``layer_input`` and ``layer_baseline`` (1, T, H): with them the intermediates
+    can be rebuilt (:func:`interpolate`), so a server may send those two instead."""
     sentences, single = check_sequences(sequence_or_list)
     tokenizer = bundle.tokenizer
     options = check_options(
@@ -61,6 +63,8 @@ def attribute(bundle, sequence_or_list, *, target=1, n_steps=50, method="gaussle
                             options.max_tokens)
             for index, answer in zip(bucket, _attribute_batch(bundle, batch, _chunked(options, batch, chunk_tokens),
                                                              deadline)):
+                if not endpoints:
+                    del answer["layer_input"], answer["layer_baseline"]
                 answers[index] = answer
     return answers[0] if single else answers
 
@@ -193,7 +197,6 @@ def _sentence_answer(bundle, batch, options, i, *, x, b, grads, weights, alphas,
     f_input, f_baseline = float(logits_x[i, target]), float(logits_b[i, target])
     delta = float(ig.sum() - (logits_x[i, target] - logits_b[i, target]))
     ids = batch["input_ids"][i][keep].cpu()
-    alpha = torch.tensor(alphas, dtype=x.dtype, device=x.device)
     finite = bool(torch.isfinite(gi).all() and torch.isfinite(ig).all() and torch.isfinite(logits_x[i]).all())
     warnings = answer_warnings(delta=delta, f_input=f_input, f_baseline=f_baseline,
                                step_maxima=gi.abs().amax(dim=(1, 2)).tolist(), alphas=alphas, n_steps=steps,
@@ -202,7 +205,7 @@ def _sentence_answer(bundle, batch, options, i, *, x, b, grads, weights, alphas,
         "integrated_gradients": ig.unsqueeze(0).cpu(),
         "intermediate_gradients": gi.cpu(),
         "step_sizes": weights.cpu(),
-        "intermediates": (bi + alpha.view(-1, 1, 1) * (xi - bi)).cpu(),
+        "intermediates": interpolate(xi, bi, alphas).cpu(),
         "tokens": bundle.tokenizer.convert_ids_to_tokens(ids.tolist()),
         "input_ids": ids.view(1, -1),
         "token_attributions": ig.sum(dim=-1).cpu(),
@@ -221,4 +224,17 @@ def _sentence_answer(bundle, batch, options, i, *, x, b, grads, weights, alphas,
         "precision": options.precision,
         "label_names": list(bundle.label_names),
         "warnings": warnings,
+        # the path's ends x and b (1, T, H), kept with endpoints=True: the intermediates are interpolate(x, b, alphas)
+        "layer_input": xi.unsqueeze(0).cpu(),
+        "layer_baseline": bi.unsqueeze(0).cpu(),
     }
+
+
+def interpolate(x, b, alphas):
+    """The interpolated layer values z_k = b + a_k (x - b), (N, T, H) from x and b (T, H) and the N alphas a_k.
+
+    The one definition of the answer's intermediates: the engine builds them with it, and a client that received
+    x and b instead rebuilds them with it, bitwise the same (three elementwise float32 operations, each
+    correctly rounded on any device)."""
+    alpha = torch.tensor(alphas, dtype=x.dtype, device=x.device)
+    return b + alpha.view(-1, 1, 1) * (x - b)

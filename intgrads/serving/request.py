@@ -22,7 +22,7 @@ import json
 import math
 from dataclasses import dataclass, field
 
-from ..answer.keys import DTYPE_NAMES, HANDOFF_HEADER, HANDOFF_REQUEST, OUTPUT_NAMES
+from ..answer.keys import DTYPE_NAMES, ENDPOINT_NAMES, HANDOFF_HEADER, HANDOFF_REQUEST, SENDABLE_NAMES
 from ..engine.baselines import BASELINES
 from ..engine.precision import PRECISIONS
 from ..engine.quadrature import METHODS, min_steps
@@ -343,14 +343,14 @@ def check_encoding(fields: dict) -> dict:
     outputs = fields.get("outputs")
     if outputs is not None:
         if not isinstance(outputs, list) or not all(isinstance(name, str) for name in outputs):
-            raise RequestError(f"outputs must be a list of answer keys from {', '.join(OUTPUT_NAMES)}; "
+            raise RequestError(f"outputs must be a list of answer keys from {', '.join(SENDABLE_NAMES)}; "
                                f"got {_show(outputs)}")
         if not outputs:
-            raise RequestError(f"outputs is an empty list: name at least one of {', '.join(OUTPUT_NAMES)}")
-        unknown = [name for name in outputs if name not in OUTPUT_NAMES]
+            raise RequestError(f"outputs is an empty list: name at least one of {', '.join(SENDABLE_NAMES)}")
+        unknown = [name for name in outputs if name not in SENDABLE_NAMES]
         if unknown:
             shown = ", ".join(_show(name) for name in unknown[:5])
-            raise RequestError(f"unknown output(s) {shown}; outputs may name {', '.join(OUTPUT_NAMES)} "
+            raise RequestError(f"unknown output(s) {shown}; outputs may name {', '.join(SENDABLE_NAMES)} "
                                "(the settings keys are always sent)")
         outputs = list(dict.fromkeys(outputs))
     return {"dtype": dtype, "outputs": outputs}
@@ -404,6 +404,8 @@ def parse_request(parts, headers=None, *, model_name: str = "MODEL", num_labels:
         options[name] = fields[name]
     check_options(options, num_labels=num_labels, limits=limits)
     encoding = check_encoding(fields)
+    if set(encoding["outputs"] or ()) & set(ENDPOINT_NAMES):
+        options["endpoints"] = True   # the engine then keeps x and b (layer_input, layer_baseline)
     return Request(encoding=encoding, sequences=sequences, single=single, options=options,
                    want_json=wants_json(headers, explain), given=given, handoff=wants_handoff(headers))
 

@@ -10,8 +10,8 @@ import torch
 
 import intgrads
 from intgrads.answer.codec import DTYPES, prepare_answer
-from intgrads.answer.keys import OUTPUT_NAMES
-from intgrads.answer.keys import DTYPE_NAMES
+from intgrads.answer.keys import COMPACT_OUTPUTS, DTYPE_NAMES, ENDPOINT_NAMES, OUTPUT_NAMES
+from intgrads.answer.rebuild import is_compact, rebuild_intermediates
 
 METADATA = ("target", "n_steps", "method", "baseline", "keep_special_tokens", "layer", "truncated", "family",
             "layout", "activation", "warnings")
@@ -37,6 +37,7 @@ def test_names_agree():
 def test_default_is_unchanged(answer):
     same = prepare_answer(answer)
     assert list(same) == list(answer) and all(same[key] is answer[key] for key in answer)
+    assert not set(ENDPOINT_NAMES) & set(answer)   # x and b only with endpoints=True
     plain = snippet_load(intgrads.encode_answer(answer))
     explicit = snippet_load(intgrads.encode_answer(answer, dtype="float32"))
     for key, value in answer.items():
@@ -75,6 +76,40 @@ def test_lists_and_bad_values(answer):
         prepare_answer(answer, outputs=["attention"])
     with pytest.raises(ValueError, match="dtype must be one of float32, float16"):
         prepare_answer(answer, dtype="bfloat16")
+
+
+@pytest.mark.parametrize("model,method", [("bert", "gausslegendre"), ("xlnet", "riemann_trapezoid"), ("hf", "riemann_left")])
+def test_compact_answers_rebuild_bitwise(cases, bundles, model, method):
+    """x and b instead of the intermediates: about half the bytes, and the rebuilt answer is the whole one, key
+    for key and bit for bit; x and b are captum's layer values at the input and the baseline."""
+    sentences = ["the plot was silly but honest.", "a fine film."]
+    answers = intgrads.attribute(bundles[model], sentences, n_steps=6, method=method, baseline="pad", endpoints=True)
+    whole = snippet_load(intgrads.encode_answer(answers, outputs=list(OUTPUT_NAMES)))
+    compact_bytes = intgrads.encode_answer(answers, outputs=list(COMPACT_OUTPUTS))
+    compact = snippet_load(compact_bytes)
+    assert is_compact(compact) and not is_compact(whole)
+    rebuilt = rebuild_intermediates(compact)
+    for one, other in zip(rebuilt, whole):
+        assert list(one) == list(other)
+        for key, value in other.items():
+            assert torch.equal(one[key], value) if isinstance(value, torch.Tensor) else one[key] == value, key
+    for small, big in zip(compact, whole):   # N x T x H values replaced by 2 x T x H
+        numel = [sum(v.numel() for v in item.values() if isinstance(v, torch.Tensor)) for item in (small, big)]
+        tokens_by_hidden = big["integrated_gradients"].numel()
+        assert numel[0] == numel[1] - 6 * tokens_by_hidden + 2 * tokens_by_hidden
+    oracle = cases[model].captum(sentences[0], n_steps=6, method=method, baseline="pad")
+    torch.testing.assert_close(compact[0]["layer_input"], oracle["x"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(compact[0]["layer_baseline"], oracle["b"], rtol=1e-5, atol=1e-6)
+
+
+def test_compact_float16_and_refusals(bundles, answer):
+    with_ends = intgrads.attribute(bundles["bert"], "the plot was silly but honest.", n_steps=4, endpoints=True)
+    half = snippet_load(intgrads.encode_answer(with_ends, outputs=list(COMPACT_OUTPUTS), dtype="float16"))
+    rebuilt = rebuild_intermediates(half)
+    assert rebuilt["intermediates"].dtype == torch.float16
+    torch.testing.assert_close(rebuilt["intermediates"].float(), answer["intermediates"], atol=2e-3, rtol=2e-3)
+    with pytest.raises(ValueError, match="not a compact answer"):
+        rebuild_intermediates(prepare_answer(answer))
 
 
 def test_import_and_launcher_help_do_not_import_torch():

@@ -6,7 +6,10 @@ import pytest
 import requests
 import torch
 
-from intgrads.answer.keys import OUTPUT_NAMES
+import intgrads
+from intgrads.answer.keys import COMPACT_OUTPUTS, OUTPUT_NAMES
+from intgrads.answer.rebuild import rebuild_intermediates
+from intgrads.client import Client
 
 from .conftest import post_json
 from .test_serve_answers import assert_same_answer, decode
@@ -82,3 +85,36 @@ def test_timing_headers(server):
     summary = post_json(server.url("bert"), {"sequence": SENTENCE, "n_steps": 6},
                         headers={"Accept": "application/json"})
     assert summary.status_code == 200 and float(summary.headers["X-Intgrads-Engine-Ms"]) > 0
+
+
+def test_compact_answer_rebuilds_the_whole_one(server):
+    """outputs = every output but the intermediates, plus x and b: about 60% of the bytes at 12 steps, and the
+    intermediates rebuilt from it are the server's, bit for bit (XLNet: a sequence-first layer)."""
+    options = {"sequence": SENTENCE, "n_steps": 12, "method": "riemann_middle"}
+    whole = post_json(server.url("xlnet-base"), options)
+    compact = post_json(server.url("xlnet-base"), {**options, "outputs": list(COMPACT_OUTPUTS)})
+    answer, expected = decode(compact), decode(whole)
+    assert "intermediates" not in answer and answer["layer_input"].shape == expected["integrated_gradients"].shape
+    rebuilt = rebuild_intermediates(answer)
+    assert list(rebuilt) == list(expected)
+    for key, value in expected.items():
+        assert torch.equal(rebuilt[key], value) if isinstance(value, torch.Tensor) else rebuilt[key] == value, key
+    assert len(compact.content) < 0.7 * len(whole.content)
+
+
+def test_the_client_takes_compact_bodies_and_writes_whole_answers(server, tmp_path):
+    """intgrads-client's body path, compact (a server on another machine by default; "always" here) asks for x
+    and b and writes the same answer file the server would have sent whole; this server, on loopback, sends whole
+    bodies by default (--rebuild remote), as with "never"."""
+    sentences = ["a wonderful, moving film.", "the food was awful."]
+    for rebuild, rebuilt in (("always", 2), ("remote", 0), ("never", 0)):
+        client = Client(server.url("bert"), retries=0, handoff=False, rebuild=rebuild)
+        out = tmp_path / f"rebuild-{rebuild}"
+        report = client.run(sentences, out, n_steps=5, concurrency=1, progress=False)
+        assert (report.answered, report.failed) == (2, 0) and client.rebuilt == rebuilt
+        for line, sentence in enumerate(sentences, 1):
+            expected = decode(post_json(server.url("bert"), {"sequence": sentence, "n_steps": 5}))
+            got = intgrads.load_answer(out / f"{line:06d}.gzip")
+            assert list(got) == list(expected)
+            for key, value in expected.items():
+                assert torch.equal(got[key], value) if isinstance(value, torch.Tensor) else got[key] == value, key
