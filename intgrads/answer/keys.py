@@ -45,8 +45,8 @@ def estimate_answer_bytes(n_tokens: int, hidden: int, n_steps: int, *, dtype: st
     keys."""
     size = DTYPE_BYTES.get(dtype, 4)
 
-    def kept(name):
-        return (outputs is None and name in OUTPUT_NAMES) or (outputs is not None and name in outputs)   # x, b: named
+    def kept(name):   # None: every output but x and b, which are sent only when named
+        return name in OUTPUT_NAMES if outputs is None else name in outputs
 
     big = n_tokens * hidden * (n_steps * (kept("intermediates") + kept("intermediate_gradients"))
                                + kept("integrated_gradients") + kept("layer_input") + kept("layer_baseline"))

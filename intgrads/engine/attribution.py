@@ -61,10 +61,9 @@ def attribute(bundle, sequence_or_list, *, target=1, n_steps=50, method="gaussle
         for bucket in length_buckets([min(length, options.max_tokens) for length in full_lengths]):
             batch = _encode(bundle, [sentences[i] for i in bucket], [full_lengths[i] for i in bucket],
                             options.max_tokens)
-            for index, answer in zip(bucket, _attribute_batch(bundle, batch, _chunked(options, batch, chunk_tokens),
-                                                             deadline)):
-                if not endpoints:
-                    del answer["layer_input"], answer["layer_baseline"]
+            bucket_answers = _attribute_batch(bundle, batch, _chunked(options, batch, chunk_tokens), deadline,
+                                              endpoints=endpoints)
+            for index, answer in zip(bucket, bucket_answers):
                 answers[index] = answer
     return answers[0] if single else answers
 
@@ -152,7 +151,7 @@ def _layer_values(bundle, batch, options):
     return value[:n], value[n:], logits[:n], logits[n:]
 
 
-def _attribute_batch(bundle, batch, options, deadline=None):
+def _attribute_batch(bundle, batch, options, deadline=None, endpoints=False):
     n_sentences = batch["input_ids"].shape[0]
     x, b, logits_x, logits_b = _layer_values(bundle, batch, options)
     if options.target == "predicted":
@@ -182,11 +181,12 @@ def _attribute_batch(bundle, batch, options, deadline=None):
 
     return [_sentence_answer(bundle, batch, options, i, x=x, b=b, grads=grads[i * steps:(i + 1) * steps],
                              weights=weights, alphas=alphas, logits_x=logits_x, logits_b=logits_b,
-                             target=int(targets[i]))
+                             target=int(targets[i]), endpoints=endpoints)
             for i in range(n_sentences)]
 
 
-def _sentence_answer(bundle, batch, options, i, *, x, b, grads, weights, alphas, logits_x, logits_b, target):
+def _sentence_answer(bundle, batch, options, i, *, x, b, grads, weights, alphas, logits_x, logits_b, target,
+                     endpoints=False):
     """The answer dict of sentence ``i`` of the batch (padding dropped), with its warnings."""
     steps = options.n_steps
     keep = batch["attention_mask"][i].bool()
@@ -201,7 +201,7 @@ def _sentence_answer(bundle, batch, options, i, *, x, b, grads, weights, alphas,
     warnings = answer_warnings(delta=delta, f_input=f_input, f_baseline=f_baseline,
                                step_maxima=gi.abs().amax(dim=(1, 2)).tolist(), alphas=alphas, n_steps=steps,
                                finite=finite, full_length=batch["full_lengths"][i], max_tokens=options.max_tokens)
-    return {
+    answer = {
         "integrated_gradients": ig.unsqueeze(0).cpu(),
         "intermediate_gradients": gi.cpu(),
         "step_sizes": weights.cpu(),
@@ -224,10 +224,10 @@ def _sentence_answer(bundle, batch, options, i, *, x, b, grads, weights, alphas,
         "precision": options.precision,
         "label_names": list(bundle.label_names),
         "warnings": warnings,
-        # the path's ends x and b (1, T, H), kept with endpoints=True: the intermediates are interpolate(x, b, alphas)
-        "layer_input": xi.unsqueeze(0).cpu(),
-        "layer_baseline": bi.unsqueeze(0).cpu(),
     }
+    if endpoints:   # the path's ends x and b (1, T, H): the intermediates are interpolate(x, b, alphas)
+        answer.update(layer_input=xi.unsqueeze(0).cpu(), layer_baseline=bi.unsqueeze(0).cpu())
+    return answer
 
 
 def interpolate(x, b, alphas):

@@ -23,7 +23,7 @@ import stat
 import urllib.parse
 from pathlib import Path
 
-from ..system import pid_alive
+from ..system import pid_alive, proc_bytes
 from .paths import LaunchError, RunPaths
 from .tsconfig import connect_host, url_host
 
@@ -97,23 +97,11 @@ def prepare_socket_dir(paths: RunPaths) -> Path:
 
 def rss_bytes(pid: int) -> int:
     """Resident memory of a process (VmRSS), 0 when it is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    return proc_bytes(f"/proc/{pid}/status", "VmRSS") or 0
 
 
 def mem_available() -> int:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    return proc_bytes("/proc/meminfo", "MemAvailable") or 0
 
 
 def worker_ceiling(worker_pids: list[int], available: int | None = None) -> tuple[int, int]:
