@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from .keys import DTYPE_NAMES, SENDABLE_NAMES
+from .torchsave import save_bytes
 
 try:  # the same gzip format, written by ISA-L
     from isal import igzip as _gzip
@@ -86,11 +87,10 @@ def encode_answer(obj: Any, *, outputs=None, dtype: str | None = None, level: in
         raise ValueError(f"level must be one of {', '.join(map(str, GZIP_LEVELS))}; got {level!r}")
     if outputs is not None or dtype is not None:
         obj = prepare_answer(obj, outputs=outputs, dtype=dtype)
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
+    raw = save_bytes(obj)   # torch.save's bytes, its CRC-32s from ISA-L
     if level == 0:
-        return gzip_stored(buffer.getbuffer())
-    return _gzip.compress(buffer.getbuffer(), compresslevel=level)
+        return gzip_stored(raw)
+    return _gzip.compress(raw, compresslevel=level)
 
 
 def decode_answer(payload: bytes) -> Any:
