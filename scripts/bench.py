@@ -14,7 +14,8 @@
 4. peak memory of one 512-token request (RSS of a fresh subprocess; CUDA peak on a GPU) with
    ``internal_batch_size`` unset and with the launcher's default ``--chunk-tokens`` (and other chunk sizes);
 5. answer size and encode time: float32 vs ``dtype: float16``, all outputs vs without ``intermediates``;
-   gzip MB/s = raw ``torch.save`` bytes / encode seconds; the README snippet must load every variant;
+   gzip MB/s = raw ``torch.save`` bytes / encode seconds; the README snippet must load every variant; and
+   (``scripts/bench_encode.py``) each gzip level with the zip's CRC-32s from torch vs from ISA-L;
 6. the answer path (``scripts/bench_answer_path.py``): a GPU-fast stand-in served with the launcher's and
    ``intgrads-client``'s defaults vs computing, encoding and writing the same answers in process: wall and
    host CPU per answer, by answer size (64 and 256 tokens);
@@ -490,6 +491,10 @@ def main(argv=None) -> int:
         sentence = bench_engine.sentence_of(bundle.tokenizer, args.http_tokens)
         results["encoding"] = part_encoding(bundle, sentence, args.steps, 3)
         print_encoding(results["encoding"], args.http_tokens, args.steps)
+        import bench_encode
+
+        results["encoding_crc"] = bench_encode.run(bundle, args.http_tokens, 5)
+        bench_encode.print_rows(results["encoding_crc"], 5)
         del bundle
         save()
 
