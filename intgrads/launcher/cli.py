@@ -129,7 +129,7 @@ def _limit_flags(limits):
                              "model size; see the README, Limits); over it: 413 before any work (default: what a worker "
                              "does in half its response timeout; 0: no limit)")
     limits.add_argument("--gzip-level", type=int, choices=(0, 1), default=None, metavar="{0,1}",
-                        help="answers' gzip: 1 compresses (ISA-L), 0 stores (~5x faster to write, ~8%% larger "
+                        help="answers' gzip: 1 compresses (ISA-L), 0 stores (~4x faster to write, ~8%% larger "
                              "for float32 gradients); default 0 with --cuda, where encoding sets the pace, else 1")
     limits.add_argument("--handoff-max-bytes", type=int, default=4 * 1024 ** 3, metavar="N",
                         help="on loopback, answers asked for as files (X-Intgrads-Handoff: file, as intgrads-client "
