@@ -51,6 +51,9 @@ logger = logging.getLogger(__name__)
 
 JSON_TYPE = "application/json"
 GZIP_TYPE = "application/gzip"
+# A gzip body over this size goes out in pieces of this size, as TorchServe's streamed (intermediate) responses:
+# its frontend moves big single frames 2-5x slower per MB (docs/benchmarks.md, streamed bodies).
+PIECE_BYTES = 2 * 1024 * 1024
 LOAD_ERROR_MARKER = "INTGRADS_LOAD_ERROR"
 
 
@@ -276,9 +279,9 @@ class IntgradsHandler:
                 request, answer, engine_seconds = result
                 encode_started = time.perf_counter()
                 body, answer_bytes = self._answer(context, index, request, answer)
-                out.append(body)
                 encode_seconds = time.perf_counter() - encode_started
                 self._timing_headers(context, index, engine_seconds, encode_seconds)
+                out.append(_send_in_pieces(context, index, body) if isinstance(body, bytes) else body)
                 items = answer if isinstance(answer, list) else [answer]
                 self._metrics(context, index, 200, IntgradsEngineSeconds=engine_seconds,
                               IntgradsEncodeSeconds=encode_seconds,
@@ -405,6 +408,24 @@ def _header(context, index, name):
         return context.get_request_header(index, name)
     except Exception:  # noqa: BLE001 - a bare Context without request processors
         return None
+
+
+def _send_in_pieces(context, index, payload: bytes) -> bytes:
+    """All of a gzip body but its last piece sent now, each as one of TorchServe's intermediate responses (one
+    frame to the frontend, one HTTP chunk to the client); returns the last piece, the request's final response.
+    The status and headers, set before, go out with the first piece. Bodies of one piece, a bare Context and
+    KServe's envelope (which wraps the final response) get the whole body back."""
+    if (len(payload) <= PIECE_BYTES or os.environ.get("TS_SERVICE_ENVELOPE")
+            or getattr(context, "cl_socket", None) is None or index not in (context.request_ids or {})):
+        return payload
+    from ts.protocol.otf_message_handler import send_intermediate_predict_response
+
+    ids, view = {index: context.request_ids[index]}, memoryview(payload)
+    starts = range(0, len(payload), PIECE_BYTES)
+    for start in starts[:-1]:
+        send_intermediate_predict_response({index: bytes(view[start:start + PIECE_BYTES])}, ids,
+                                           "Intermediate Prediction success", 200, context)
+    return bytes(view[starts[-1]:])
 
 
 def _refuse_non_finite(answer):

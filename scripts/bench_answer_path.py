@@ -349,8 +349,8 @@ def main(argv=None) -> int:
     parser.add_argument("--body", action="store_true",
                         help="serve with --handoff-max-bytes 0: every answer in the HTTP body (for comparison)")
     parser.add_argument("--client-flags", default="",
-                        help="extra intgrads-client flags, e.g. '--no-handoff' (compact bodies) or "
-                             "'--no-handoff --no-rebuild' (whole bodies)")
+                        help="extra intgrads-client flags, e.g. '--no-handoff --rebuild always' (compact bodies) "
+                             "or '--no-handoff --rebuild never' (whole bodies)")
     args = parser.parse_args(argv)
     flags = ("--handoff-max-bytes", "0") if args.body else ()
     counts = args.count * len(args.tokens) if len(args.count) == 1 else args.count
