@@ -16,7 +16,8 @@ by the launcher at archive time::
                gzip_level: 1}   # 0: stored gzip (the launcher's default with --cuda)
 
 Environment overrides (set by the launcher for a run): ``INTGRADS_TORCH_THREADS``, ``INTGRADS_MAX_RESPONSE_BYTES``;
-``INTGRADS_REUSE_MEMORY=0`` keeps glibc's default memory handling (see ``intgrads.reuse_freed_memory``).
+``INTGRADS_REUSE_MEMORY=0`` keeps glibc's default memory handling (see ``intgrads.reuse_freed_memory``);
+``INTGRADS_PIECE_BYTES`` sets the size of a streamed body's pieces (0: whole bodies, see ``PIECE_BYTES``).
 
 Per request (see ``intgrads.serving.request``): ``{"sequence": "..."}`` plus optional options -> the engine's answer as
 ``intgrads.encode_answer`` bytes (``application/gzip``), or with ``Accept: application/json`` / the
@@ -52,7 +53,8 @@ logger = logging.getLogger(__name__)
 JSON_TYPE = "application/json"
 GZIP_TYPE = "application/gzip"
 # A gzip body over this size goes out in pieces of this size, as TorchServe's streamed (intermediate) responses:
-# its frontend moves big single frames 2-5x slower per MB (docs/benchmarks.md, streamed bodies).
+# its frontend moves big single frames 1.5-4.5x slower per MB (docs/benchmarks.md, part 10).
+# INTGRADS_PIECE_BYTES overrides it; 0 sends every body whole.
 PIECE_BYTES = 2 * 1024 * 1024
 LOAD_ERROR_MARKER = "INTGRADS_LOAD_ERROR"
 
@@ -410,20 +412,28 @@ def _header(context, index, name):
         return None
 
 
+def _piece_bytes() -> int:
+    try:
+        return int(os.environ.get("INTGRADS_PIECE_BYTES", PIECE_BYTES))
+    except ValueError:
+        return PIECE_BYTES
+
+
 def _send_in_pieces(context, index, payload: bytes) -> bytes:
     """All of a gzip body but its last piece sent now, each as one of TorchServe's intermediate responses (one
     frame to the frontend, one HTTP chunk to the client); returns the last piece, the request's final response.
     The status and headers, set before, go out with the first piece. Bodies of one piece, a bare Context and
     KServe's envelope (which wraps the final response) get the whole body back."""
-    if (len(payload) <= PIECE_BYTES or os.environ.get("TS_SERVICE_ENVELOPE")
+    piece = _piece_bytes()
+    if (piece <= 0 or len(payload) <= piece or os.environ.get("TS_SERVICE_ENVELOPE")
             or getattr(context, "cl_socket", None) is None or index not in (context.request_ids or {})):
         return payload
     from ts.protocol.otf_message_handler import send_intermediate_predict_response
 
     ids, view = {index: context.request_ids[index]}, memoryview(payload)
-    starts = range(0, len(payload), PIECE_BYTES)
+    starts = range(0, len(payload), piece)
     for start in starts[:-1]:
-        send_intermediate_predict_response({index: bytes(view[start:start + PIECE_BYTES])}, ids,
+        send_intermediate_predict_response({index: bytes(view[start:start + piece])}, ids,
                                            "Intermediate Prediction success", 200, context)
     return bytes(view[starts[-1]:])
 
