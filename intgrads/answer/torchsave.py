@@ -119,7 +119,7 @@ def _entries(data: memoryview):
     if end < 0 or data[end:end + 4] != _END:
         return None
     count, _, offset = struct.unpack_from("<HII", data, end + 10)
-    if 0xFFFFFFFF in (offset,) or count == 0xFFFF:
+    if offset == 0xFFFFFFFF or count == 0xFFFF:   # zip64 values: left to torch
         return None
     entries = []
     for _ in range(count):
