@@ -95,7 +95,7 @@ def save_bytes(obj: Any) -> bytearray:
     """``torch.save(obj)``'s bytes (see the module docstring)."""
     import torch.serialization as serialization
 
-    if not hasattr(serialization, "set_crc32_options"):   # torch < 2.6 has no switch
+    if not all(hasattr(serialization, name) for name in ("get_crc32_options", "set_crc32_options")):   # older torch
         return _plain(obj)
     with _LOCK:
         previous = serialization.get_crc32_options()
