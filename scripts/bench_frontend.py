@@ -103,10 +103,9 @@ def start(work: Path, store: Path) -> tuple[dict, int]:
     raise SystemExit("TorchServe's worker did not become ready")
 
 
-def frontend_pid() -> int:
-    """The TorchServe frontend (Java) process's pid."""
-    out = subprocess.run(["pgrep", "-f", "org.pytorch.serve.ModelServer"], capture_output=True, text=True).stdout
-    return int(out.split()[0])
+def frontend_pid(work: Path) -> int:
+    """This run's TorchServe frontend (Java) process: the pid file TorchServe writes in its TMPDIR."""
+    return int((work / ".model_server.pid").read_text().split()[0])
 
 
 def one(mb: float, piece_mb: float) -> tuple[float, int, str, str]:
@@ -149,7 +148,7 @@ def main(argv=None) -> int:
         store = build(work)
         env, worker = start(work, store)
         try:
-            pids = [frontend_pid(), worker]
+            pids = [frontend_pid(work), worker]
             for mb in args.mb:
                 for piece in args.piece_mb:
                     if piece and piece >= mb:
