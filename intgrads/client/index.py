@@ -3,13 +3,11 @@ sentence) and the lock that keeps two runs from mixing."""
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
 import re
 import socket
-import stat
 from pathlib import Path
 
 from ..system import pid_alive
@@ -18,40 +16,12 @@ INDEX_NAME = "index.jsonl"
 LOCK_NAME = ".intgrads-client.lock"
 
 
-HANDOFF_NAME = re.compile(r"^[0-9a-f]{32}\.gzip$")
-
-
 class OutputBusy(RuntimeError):
     """Another client is writing into the same output directory."""
 
 
-class HandoffRefused(ValueError):
-    """The server named an answer file that is not one of its hand-off files; the body is asked for instead."""
-
-
-def collect_handoff(source: str, destination: Path) -> None:
-    """Move the answer file a server on this machine wrote (``source``, from X-Intgrads-Handoff) to
-    ``destination``: made durable (fsync) where it is, then renamed (a copy only across filesystems). Only a
-    regular file of ours named ``<32 hex>.gzip`` in a ``handoff`` folder is taken (:class:`HandoffRefused`);
-    an unreachable one raises OSError."""
-    path = Path(source)
-    if not (path.is_absolute() and HANDOFF_NAME.match(path.name) and path.parent.name == "handoff"):
-        raise HandoffRefused(f"the server named {source[:200]!r}, not a hand-off answer file")
-    info = os.lstat(path)
-    if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
-        raise HandoffRefused(f"{path} is not a regular file of this user")
-    descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-    try:
-        os.replace(path, destination)
-    except OSError as error:
-        if error.errno != errno.EXDEV:
-            raise
-        write_atomically(destination, path.read_bytes())   # another filesystem: copy, then drop the original
-        path.unlink(missing_ok=True)
+# The temporaries a run writes (an answer file's, the index's): the only files of the output it may remove.
+OWN_TEMPORARY = re.compile(r"^(\d{6,}\.gzip|index\.jsonl)\.tmp$")
 
 
 def write_atomically(path: Path, data: bytes) -> None:

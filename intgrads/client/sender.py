@@ -4,11 +4,15 @@ concurrency, retries with backoff and round-robin over servers) and the index fi
 In a run each answer arrives the cheapest way it can: from a server on this machine as the file it wrote
 (renamed into the output); from a server on another machine, as a compact body, x and b instead of the
 intermediates, which ``intgrads.answer.rebuild`` turns back into the whole answer before it is written (about
-half the bytes on the network)."""
+half the bytes on the network).
+
+Nothing a server sends is trusted (``intake``, ``handoff``): a body is read up to a size the client chose, every
+answer is decoded with a bound and checked whole and consistent before it is written or rebuilt, its settings
+must be the options asked for, its index fields are read from the answer itself (a summary header can only
+confirm them), and a file is taken over only when the client asked for one and it is provably the answer."""
 
 from __future__ import annotations
 
-import gzip
 import itertools
 import json
 import os
@@ -23,12 +27,15 @@ from urllib.parse import urlsplit
 
 import requests
 import urllib3
-from requests.structures import CaseInsensitiveDict
 
+from ..answer.checks import MAX_REBUILD_STEPS, AnswerInvalid, decode_checked
 from ..answer.keys import COMPACT_OUTPUTS, ENDPOINT_NAMES, HANDOFF_HEADER, HANDOFF_REQUEST, SUMMARY_HEADER
-from .index import (INDEX_NAME, HandoffRefused, collect_handoff, is_done, lock_output, read_index, sentence_fields,
-                    write_atomically, write_index)
+from .handoff import HandoffRefused, HandoffTaker, on_this_machine
+from .index import (INDEX_NAME, OWN_TEMPORARY, is_done, lock_output, read_index, sentence_fields, write_atomically,
+                    write_index)
 from .inputs import read_key_file
+from .intake import (DEFAULT_MAX_ANSWER_BYTES, MAX_SMALL_BODY, AnswerRefused, Reply, check_asked, error_text, gunzip_if_needed,
+                     index_fields, pointer_of, read_capped, rebuilt, retry_after, short)
 
 OPTION_KEYS = ("target", "n_steps", "method", "baseline", "precision")
 FATAL_STATUSES = (401, 403, 404)
@@ -36,7 +43,7 @@ FATAL_STATUSES = (401, 403, 404)
 TOKEN_REFUSED = "Token Authorization failed"
 GZIP_MAGIC = b"\x1f\x8b"
 TOKEN_ENV = "INTGRADS_TOKEN"
-COMPACT_HEADER = "X-Intgrads-Compact"   # set by _post (not by a server) on a body asked for compact
+HANDOFF_PAUSE_SECONDS = 30.0   # after a 507 (its hand-off directory full), a server's answers come as bodies a while
 # Which servers' bodies a run takes compact (x and b, rebuilt here): those on other machines (where the network
 # and the server's encoding set the pace; on one machine rebuilding costs the client more than it saves), all, none.
 REBUILD_CHOICES = ("remote", "always", "never")
@@ -46,17 +53,20 @@ class ClientError(Exception):
     """A request that did not give an answer; ``status`` is the HTTP status (None: no HTTP answer)."""
 
     def __init__(self, message: str, *, status: int | None = None, url: str | None = None, attempts: int = 1,
-                 interrupted: bool = False):
+                 interrupted: bool = False, final: bool = False, retry_after: float | None = None):
         super().__init__(message)
         self.status = status
         self.url = url
         self.attempts = attempts
         self.interrupted = interrupted   # the run was stopping: not the sentence's failure
+        self.final = final               # asking again would get the same (a wrong answer, a body too big)
+        self.retry_after = retry_after   # seconds the server asked to wait (Retry-After)
 
     @property
     def retryable(self) -> bool:
-        """No answer, or a 5xx other than 504: the server's own deadline, which the same request meets again."""
-        return self.status is None or (self.status >= 500 and self.status != 504)
+        """No answer (or a broken one), or a 5xx other than 504: the server's own deadline, which the same request
+        meets again."""
+        return not self.final and (self.status is None or (self.status >= 500 and self.status != 504))
 
     @property
     def fatal(self) -> bool:
@@ -93,24 +103,6 @@ def _request_options(target=None, n_steps=None, method=None, baseline=None, prec
     return {name: value for name, value in given.items() if value is not None}
 
 
-def _error_text(body: bytes) -> str:
-    if body[:2] == GZIP_MAGIC:
-        try:
-            body = gzip.decompress(body)
-        except OSError:
-            pass
-    text = body.decode("utf-8", "replace").strip()
-    try:
-        parsed = json.loads(text)
-    except json.JSONDecodeError:
-        return text[:500]
-    if isinstance(parsed, dict):
-        for key in ("error", "message", "detail"):
-            if key in parsed:
-                return str(parsed[key])
-    return text[:500]
-
-
 class Client:
     """Talks to one or several intgrads servers (round-robin).
 
@@ -123,7 +115,8 @@ class Client:
     """
 
     def __init__(self, urls, *, token: str | None = None, key_file=None, retries: int = 5, backoff: float = 1.0,
-                 max_backoff: float = 60.0, timeout: float = 300.0, handoff: bool = True, rebuild: str = "remote"):
+                 max_backoff: float = 60.0, timeout: float = 300.0, handoff: bool = True, rebuild: str = "remote",
+                 max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES):
         self.urls = [urls] if isinstance(urls, str) else list(urls)
         if not self.urls:
             raise ValueError("give at least one server URL")
@@ -145,6 +138,11 @@ class Client:
         self._url_lock = threading.Lock()
         self._local = threading.local()
         self._no_handoff: set = set()
+        self._handoff_paused: dict = {}   # url -> time.monotonic() until which it is not asked for files
+        self._taker = HandoffTaker()
+        if max_answer_bytes < 1:
+            raise ValueError(f"max_answer_bytes must be positive; got {max_answer_bytes}")
+        self.max_answer_bytes = max_answer_bytes
         self.handoff_fallbacks: list = []   # why a server's answer files could not be taken (then: bodies)
         self.handoff = handoff   # ask a server on this machine for answer files
         if rebuild not in REBUILD_CHOICES:
@@ -157,22 +155,19 @@ class Client:
 
     def fetch(self, sentence: str, *, target=None, n_steps=None, method=None, baseline=None, precision=None) -> bytes:
         """The server's gzip answer for ``sentence``: the bytes it sent (decode with ``intgrads.decode_answer``)."""
-        body = self._post(sentence, _request_options(target, n_steps, method, baseline, precision), binary=True)[0]
-        return body
+        return self._post(sentence, _request_options(target, n_steps, method, baseline, precision), binary=True).body
 
     def attribute(self, sentence: str, *, target=None, n_steps=None, method=None, baseline=None,
                   precision=None) -> dict:
         """The answer dict for ``sentence`` (see docs/engine-api.md), decoded with ``weights_only=True``."""
-        from ..answer.codec import decode_answer
-
-        return decode_answer(self.fetch(sentence, target=target, n_steps=n_steps, method=method, baseline=baseline,
-                                        precision=precision))
+        return self._post(sentence, _request_options(target, n_steps, method, baseline, precision),
+                          binary=True).answer
 
     def summary(self, sentence: str, *, target=None, n_steps=None, method=None, baseline=None,
                 precision=None) -> dict:
         """The server's JSON summary for ``sentence`` (``Accept: application/json``)."""
-        body = self._post(sentence, _request_options(target, n_steps, method, baseline, precision), binary=False)[0]
-        return json.loads(_gunzip_if_needed(body))
+        body = self._post(sentence, _request_options(target, n_steps, method, baseline, precision), binary=False).body
+        return json.loads(gunzip_if_needed(body))
 
     # -- many sentences -------------------------------------------------------------------------------------
 
@@ -190,7 +185,8 @@ class Client:
         lock = lock_output(output)
         try:
             for leftover in output.glob("*.tmp"):
-                leftover.unlink(missing_ok=True)
+                if OWN_TEMPORARY.match(leftover.name):   # only what an interrupted run of ours left
+                    leftover.unlink(missing_ok=True)
             index = output / INDEX_NAME
             records = read_index(index)
             todo = [(line, text) for line, text in items if not is_done(records.get(line), text, options, output)]
@@ -283,35 +279,47 @@ class Client:
 
     def _answer_into(self, path: Path, sentence: str, options: dict, stop) -> tuple[dict, str, int]:
         """Get one answer into ``path`` and its index fields: from a server on this machine, the file it wrote
-        (renamed here, no copy); else, or when that file cannot be taken, the body. Returns (fields, url, tries)."""
-        body, url, attempts, headers = self._post(sentence, options, binary=True, stop=stop, handoff=True,
-                                                  compact=True)
-        handed = headers.get(HANDOFF_HEADER)
-        if handed:
+        (renamed here, no copy) when it is provably the answer; else, or when that file cannot be taken, the body.
+        Returns (fields, url, tries)."""
+        reply = self._post(sentence, options, binary=True, stop=stop, handoff=True, compact=True)
+        attempts = reply.attempts
+        if reply.handoff:
             try:
-                collect_handoff(handed, path)
-                body = None
+                return self._take_file(reply, path, sentence, options), reply.url, attempts
             except (OSError, HandoffRefused) as error:
                 with self._url_lock:
-                    self._no_handoff.add(url)   # this server's files are out of reach: bodies from now on
-                self.handoff_fallbacks.append(f"{url}: {error}")
-                body, url, more, headers = self._post(sentence, options, binary=True, stop=stop, handoff=False,
-                                                      compact=True)
-                attempts += more
-        if body is not None and headers.get(COMPACT_HEADER):
-            body = _rebuilt(body)
-            with self._url_lock:
-                self.rebuilt += 1
-        if body is not None:
-            write_atomically(path, body)
+                    self._no_handoff.add(reply.url)   # this server's files are out of reach: bodies from now on
+                self.handoff_fallbacks.append(f"{reply.url}: {error}")
+                reply = self._post(sentence, options, binary=True, stop=stop, handoff=False, compact=True)
+                attempts += reply.attempts
         try:
-            fields = fields_from_header(headers.get(SUMMARY_HEADER)) or _answer_fields(
-                body if body is not None else path.read_bytes())
-        except ClientError as error:
-            path.unlink(missing_ok=True)
-            error.url, error.attempts = url, attempts
-            raise
-        return fields, url, attempts
+            answer, body = reply.answer, reply.body
+            check_asked(answer, options, sentence)
+            if reply.compact:
+                answer, body = rebuilt(answer)
+                with self._url_lock:
+                    self.rebuilt += 1
+            fields = index_fields(answer, reply.headers.get(SUMMARY_HEADER))
+        except (AnswerRefused, ValueError) as error:
+            raise ClientError(f"the server at {reply.url} sent a wrong answer: {error}", url=reply.url,
+                              attempts=attempts, final=True) from None
+        write_atomically(path, body)
+        return fields, reply.url, attempts
+
+    def _take_file(self, reply: Reply, path: Path, sentence: str, options: dict) -> dict:
+        """The index fields of the answer file the server named, moved to ``path`` once checked (see
+        ``intgrads.client.handoff``); raises HandoffRefused (the file left as it is) or OSError."""
+        fields = {}
+
+        def check(answer):
+            try:
+                check_asked(answer, options, sentence)
+                fields.update(index_fields(answer, reply.headers.get(SUMMARY_HEADER)))
+            except AnswerRefused as error:
+                raise HandoffRefused(f"the file is not the answer asked for: {error}") from None
+
+        self._taker.take(reply.url, pointer_of(reply.body), path, sent_at=reply.sent_at, check=check)
+        return fields
 
     # -- HTTP -----------------------------------------------------------------------------------------------
 
@@ -322,31 +330,35 @@ class Client:
         return session
 
     def _may_handoff(self, url: str) -> bool:
-        """Ask for the answer as a file only from a server on this machine (a loopback URL) whose files we have
-        not failed to take."""
+        """Ask for the answer as a file only from a server of this user's on this machine (a loopback URL whose
+        port a process of this user listens on) whose files we have not failed to take, and whose hand-off
+        directory was not full a moment ago."""
         with self._url_lock:
-            refused = url in self._no_handoff
-        return self.handoff and not refused and _on_this_machine(url)
+            refused = url in self._no_handoff or self._handoff_paused.get(url, 0.0) > time.monotonic()
+        return self.handoff and not refused and self._taker.may_ask(url)
 
     def _pick_url(self) -> str:
         with self._url_lock:
             return self.urls[next(self._next_url)]
 
-    def _asked(self, url, headers, payload, *, handoff: bool, compact: bool) -> tuple[dict, dict]:
-        """The headers and body of one try at ``url``: a hand-off from a server on this machine, else (``compact``,
-        and ``rebuild`` says so for this server) x and b instead of the intermediates, unless it can't send them."""
+    def _asked(self, url, headers, payload, *, handoff: bool, compact: bool) -> tuple[dict, dict, bool]:
+        """The headers and body of one try at ``url``, and whether it asks for a file: a hand-off from a server on
+        this machine, else (``compact``, and ``rebuild`` says so for this server) x and b instead of the
+        intermediates, unless it can't send them."""
         if handoff and self._may_handoff(url):
-            return {**headers, HANDOFF_HEADER: HANDOFF_REQUEST}, payload
-        wanted = self.rebuild == "always" or (self.rebuild == "remote" and not _on_this_machine(url))
+            return {**headers, HANDOFF_HEADER: HANDOFF_REQUEST}, payload, True
+        wanted = self.rebuild == "always" or (self.rebuild == "remote" and not on_this_machine(url))
+        steps = payload.get("n_steps")
+        wanted = wanted and not (isinstance(steps, int) and steps > MAX_REBUILD_STEPS)   # whole answers then
         with self._url_lock:
             compact = compact and wanted and url not in self._no_compact
-        return dict(headers), ({**payload, "outputs": list(COMPACT_OUTPUTS)} if compact else payload)
+        return dict(headers), ({**payload, "outputs": list(COMPACT_OUTPUTS)} if compact else payload), False
 
     def _post(self, sentence, options, *, binary: bool, stop: threading.Event | None = None, handoff: bool = False,
-              compact: bool = False):
-        """POST once per try until an answer; returns ``(body, url, attempts, headers)`` or raises
-        :class:`ClientError`. ``handoff``: ask a server on this machine for the answer as a file; ``compact``:
-        otherwise ask for x and b instead of the intermediates (the headers then hold COMPACT_HEADER)."""
+              compact: bool = False) -> Reply:
+        """POST once per try until an answer; returns a :class:`Reply` or raises :class:`ClientError`.
+        ``handoff``: ask a server on this machine for the answer as a file; ``compact``: otherwise ask for x and b
+        instead of the intermediates. A gzip body is decoded and checked here: a broken one is tried again."""
         payload = {"sequence": sentence, **options}
         headers = {"Content-Type": "application/json",
                    "Accept": "application/gzip" if binary else "application/json"}
@@ -356,62 +368,82 @@ class Client:
         while True:
             attempt += 1
             url = self._pick_url()
-            retry_after = None
-            asked, sent = self._asked(url, headers, payload, handoff=handoff and binary, compact=compact and binary)
+            asked, sent, file_asked = self._asked(url, headers, payload, handoff=handoff and binary,
+                                                  compact=compact and binary)
+            reply = Reply(b"", url, attempt, {}, handoff=file_asked, compact=sent is not payload, sent_at=time.time())
             try:
                 response = self._session().post(url, json=sent, headers=asked, stream=True,
                                                 timeout=(min(10.0, self.timeout), self.timeout))
                 with response:
-                    body = response.raw.read(decode_content=False)
-                status = response.status_code
-                if status == 200:
-                    if binary and body[:2] != GZIP_MAGIC and not response.headers.get(HANDOFF_HEADER):
-                        raise ClientError(f"the server at {url} answered 200 but not with a gzip answer "
-                                          f"({response.headers.get('Content-Type', 'no content type')})",
-                                          status=status, url=url, attempts=attempt)
-                    return body, url, attempt, _marked(response.headers, compact=sent is not payload)
-                if status == 400 and sent is not payload and ENDPOINT_NAMES[0] in _error_text(body):
-                    with self._url_lock:   # a server that can't send x and b: whole answers from it
-                        self._no_compact.add(url)
-                    attempt -= 1
-                    continue
-                error = ClientError(f"HTTP {status}: {_error_text(body)}", status=status, url=url, attempts=attempt)
-                retry_after = _retry_after(response.headers.get("Retry-After"))
+                    answer_body = binary and response.status_code == 200
+                    reply.body = read_capped(response, self.max_answer_bytes if answer_body else MAX_SMALL_BODY,
+                                             truncate=response.status_code != 200)
+                reply.headers = response.headers
+                error = self._refusal(reply, response.status_code, binary)
+                if error is None:
+                    return reply
             except ClientError:
                 raise
+            except AnswerRefused as exc:
+                raise ClientError(str(exc), url=url, attempts=attempt, final=True) from None
             except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
                     requests.exceptions.ContentDecodingError) as exc:
-                error = ClientError(f"{type(exc).__name__}: {_short(exc)}", status=None, url=url, attempts=attempt)
+                error = ClientError(f"{type(exc).__name__}: {short(exc)}", status=None, url=url, attempts=attempt)
             except (OSError, urllib3.exceptions.HTTPError) as exc:  # the connection dropped while reading the body
-                error = ClientError(f"{type(exc).__name__}: {_short(exc)}", status=None, url=url, attempts=attempt)
-            if not error.retryable or attempt > self.retries:
-                if error.retryable and attempt > 1:
-                    error.args = (f"{error.args[0]} (gave up after {attempt} tries)",)
-                raise error
-            delay = min(self.max_backoff, self.backoff * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
-            if retry_after is not None:
-                delay = max(delay, min(self.max_backoff, retry_after))
-            if stop is not None:
-                if stop.wait(delay):
-                    raise ClientError("interrupted", status=None, url=url, attempts=attempt, interrupted=True)
-            else:
-                time.sleep(delay)
+                error = ClientError(f"{type(exc).__name__}: {short(exc)}", status=None, url=url, attempts=attempt)
+            if error is _ASK_AGAIN:
+                attempt -= 1
+                continue
+            self._wait_or_raise(error, attempt, stop)
+
+    def _refusal(self, reply: Reply, status: int, binary: bool):
+        """None when ``reply`` is an answer (its gzip body decoded into ``reply.answer``); ``_ASK_AGAIN`` to ask at
+        once without what the server could not give (a file, x and b); else the :class:`ClientError` of this try."""
+        url, body = reply.url, reply.body
+        if status == 200:
+            if reply.handoff and reply.headers.get(HANDOFF_HEADER):
+                return None
+            reply.handoff = False   # a hand-off header in a reply that did not ask for one means nothing
+            if not binary:
+                return None
+            if body[:2] != GZIP_MAGIC:
+                return ClientError(f"the server at {url} answered 200 but not with a gzip answer "
+                                   f"({reply.headers.get('Content-Type', 'no content type')})", status=status,
+                                   url=url, attempts=reply.attempts)
+            try:
+                reply.answer = decode_checked(body, compact=reply.compact)
+            except AnswerInvalid as exc:   # cut short or damaged on the way: asked again
+                return ClientError(f"the server at {url} sent a broken answer: {exc}", url=url,
+                                   attempts=reply.attempts)
+            return None
+        if status == 507 and reply.handoff:
+            with self._url_lock:   # its hand-off directory is full: this answer, and the next for a while, as bodies
+                self._handoff_paused[url] = time.monotonic() + HANDOFF_PAUSE_SECONDS
+            return _ASK_AGAIN
+        if status == 400 and reply.compact and ENDPOINT_NAMES[0] in error_text(body):
+            with self._url_lock:   # a server that can't send x and b: whole answers from it
+                self._no_compact.add(url)
+            return _ASK_AGAIN
+        return ClientError(f"HTTP {status}: {error_text(body)}", status=status, url=url, attempts=reply.attempts,
+                           retry_after=retry_after(reply.headers.get("Retry-After")))
+
+    def _wait_or_raise(self, error: ClientError, attempt: int, stop):
+        """Raise ``error`` when it is final or the tries are used up; else wait the backoff (or Retry-After)."""
+        if not error.retryable or attempt > self.retries:
+            if error.retryable and attempt > 1:
+                error.args = (f"{error.args[0]} (gave up after {attempt} tries)",)
+            raise error
+        delay = min(self.max_backoff, self.backoff * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+        if error.retry_after is not None:
+            delay = max(delay, min(self.max_backoff, error.retry_after))
+        if stop is not None:
+            if stop.wait(delay):
+                raise ClientError("interrupted", status=None, url=error.url, attempts=attempt, interrupted=True)
+        else:
+            time.sleep(delay)
 
 
-def _short(exc) -> str:
-    text = str(exc)
-    return text if len(text) <= 300 else text[:300] + "..."
-
-
-def _retry_after(value) -> float | None:
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None
-
-
-def _gunzip_if_needed(body: bytes) -> bytes:
-    return gzip.decompress(body) if body[:2] == GZIP_MAGIC else body
+_ASK_AGAIN = ClientError("ask again")   # a marker: the same try again at once, without a file or x and b
 
 
 def _numbered(sentences) -> list[tuple[int, str]]:
@@ -426,58 +458,6 @@ def _numbered(sentences) -> list[tuple[int, str]]:
     if len(set(lines)) != len(lines):
         raise ValueError("two sentences have the same line number")
     return items
-
-
-def fields_from_header(value: str | None) -> dict | None:
-    """The index fields a server sent in X-Intgrads-Summary (None when it sent none or garbage)."""
-    if not value:
-        return None
-    try:
-        fields = json.loads(value)
-    except ValueError:
-        return None
-    return fields if isinstance(fields, dict) and "predicted" in fields else None
-
-
-def _answer_fields(body: bytes) -> dict:
-    """The index fields of one answer, decoded from its bytes (a server that sends no X-Intgrads-Summary)."""
-    from ..answer.codec import decode_answer
-    from ..answer.summary import index_record, summarize_answer
-
-    try:
-        answer = decode_answer(body)
-    except Exception as error:  # noqa: BLE001
-        raise ClientError(f"the server's answer does not decode: {type(error).__name__}: {error}") from None
-    if isinstance(answer, list) and len(answer) == 1:
-        answer = answer[0]
-    if not isinstance(answer, dict) or "logits" not in answer:
-        raise ClientError("the server's answer is not an intgrads answer dict")
-    return index_record(summarize_answer(answer))
-
-
-def _on_this_machine(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    return host == "localhost" or host == "::1" or host.startswith("127.")
-
-
-def _marked(headers, *, compact: bool):
-    """The response headers, with COMPACT_HEADER added when the body was asked for compact."""
-    if not compact:
-        return headers
-    marked = CaseInsensitiveDict(headers)
-    marked[COMPACT_HEADER] = "1"
-    return marked
-
-
-def _rebuilt(body: bytes) -> bytes:
-    """A compact answer (x and b) turned back into the whole one the server would have sent."""
-    from ..answer.codec import decode_answer, encode_answer
-    from ..answer.rebuild import rebuild_intermediates
-
-    try:
-        return encode_answer(rebuild_intermediates(decode_answer(body)))
-    except Exception as error:  # noqa: BLE001
-        raise ClientError(f"the server's compact answer does not rebuild: {type(error).__name__}: {error}") from None
 
 
 def _progress_bar(total, enabled):

@@ -10,11 +10,13 @@ filesystem.
 - Uncollected files expire: each write first removes answers older than ``ttl`` seconds and stale temporaries.
 - Bounded: when the answers still there plus the new one would pass ``max_bytes``, nothing is written and
   :class:`HandoffFull` is raised (the handler answers 507). Workers write concurrently, so the bound holds to
-  within one answer per worker.
+  within one answer per worker. A disk or quota that fills first (ENOSPC, EDQUOT, EFBIG) is the same 507: the
+  client then asks for the answer in the body.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import secrets
@@ -24,6 +26,7 @@ from pathlib import Path
 NAME = re.compile(r"^[0-9a-f]{32}\.gzip$")
 DEFAULT_TTL_SECONDS = 600
 DEFAULT_MAX_BYTES = 4 * 1024 ** 3
+SPACE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)   # no room on the disk, the quota, or the file-size limit
 
 
 class HandoffFull(Exception):
@@ -78,12 +81,19 @@ class HandoffDir:
                               "X-Intgrads-Handoff to get the answer in the body")
         name = secrets.token_hex(16) + ".gzip"
         temporary = self.path / f".{name}.tmp"
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
+            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             with os.fdopen(descriptor, "wb") as handle:
                 handle.write(payload)
             final = self.path / name
             os.replace(temporary, final)
+        except OSError as error:
+            temporary.unlink(missing_ok=True)
+            if error.errno in SPACE_ERRORS:
+                raise HandoffFull(f"the hand-off directory's disk has no room for this answer of "
+                                  f"{len(payload) / 1e6:.1f} MB ({os.strerror(error.errno)}): ask without "
+                                  "X-Intgrads-Handoff to get it in the body") from None
+            raise
         except BaseException:
             temporary.unlink(missing_ok=True)
             raise

@@ -8,6 +8,8 @@ import io
 import json
 import os
 import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -18,7 +20,6 @@ import torch
 import intgrads
 from intgrads.answer.summary import index_record
 from intgrads.client import Client, read_index
-from intgrads.client.index import HandoffRefused, collect_handoff
 from intgrads.serving.handoff import HandoffDir, HandoffFull
 
 from .conftest import post_json, start_server
@@ -81,42 +82,40 @@ def test_the_client_renames_answer_files_into_its_output(server, tmp_path):
             index_record(intgrads.summarize_answer(expected))
 
 
-def test_the_client_falls_back_to_the_body_when_the_file_is_out_of_reach(server, tmp_path, monkeypatch):
-    import intgrads.client.sender as sender
-
-    def out_of_reach(source, destination):
-        raise PermissionError(13, "Permission denied", source)
-
-    monkeypatch.setattr(sender, "collect_handoff", out_of_reach)
-    client = Client(server.url("bert"), retries=0)
-    report = client.run(SENTENCES[:2], tmp_path / "out", n_steps=6, concurrency=1, progress=False)
+def test_the_client_falls_back_to_the_body_when_the_file_is_out_of_reach(server, tmp_path):
+    folder = server.run_dir / "handoff"
+    os.chmod(folder, 0o755)   # no longer private: the client takes nothing from it
+    try:
+        client = Client(server.url("bert"), retries=0)
+        report = client.run(SENTENCES[:2], tmp_path / "out", n_steps=6, concurrency=1, progress=False)
+    finally:
+        os.chmod(folder, 0o700)
     assert (report.answered, report.failed) == (2, 0)
-    assert len(client.handoff_fallbacks) == 1 and "Permission denied" in client.handoff_fallbacks[0]
+    assert len(client.handoff_fallbacks) == 1 and "not private" in client.handoff_fallbacks[0]
     left = _handoff_files(server)
     assert len(left) == 1   # the one uncollected file (it expires); the second sentence was not asked as a file
-    (server.run_dir / "handoff" / left[0]).unlink()
+    (folder / left[0]).unlink()
     for line, sentence in enumerate(SENTENCES[:2], 1):
         body = post_json(server.url("bert"), {"sequence": sentence, "n_steps": 6})
         _equal_answers(intgrads.load_answer(tmp_path / "out" / f"{line:06d}.gzip"), intgrads.decode_answer(body.content))
 
 
-def test_collect_takes_only_handoff_files(tmp_path):
-    folder = tmp_path / "handoff"
-    folder.mkdir()
-    good = folder / ("a" * 32 + ".gzip")
-    good.write_bytes(b"answer")
-    for bad in ["relative/handoff/" + good.name, str(tmp_path / good.name), str(folder / "passwd"),
-                str(folder / ("A" * 32 + ".gzip"))]:
-        with pytest.raises(HandoffRefused):
-            collect_handoff(bad, tmp_path / "out.gzip")
-    link = folder / ("b" * 32 + ".gzip")
-    link.symlink_to(good)
-    with pytest.raises(HandoffRefused, match="not a regular file"):
-        collect_handoff(str(link), tmp_path / "out.gzip")
-    with pytest.raises(FileNotFoundError):
-        collect_handoff(str(folder / ("c" * 32 + ".gzip")), tmp_path / "out.gzip")
-    collect_handoff(str(good), tmp_path / "out.gzip")
-    assert (tmp_path / "out.gzip").read_bytes() == b"answer" and not good.exists()
+def test_a_full_disk_is_a_full_handoff_directory(tmp_path):
+    """Writing past the disk's room, a quota or the file-size limit (here RLIMIT_FSIZE: EFBIG) is HandoffFull,
+    the 507 the client answers by asking for the body; nothing half-written stays."""
+    code = f"""
+import resource
+from intgrads.serving.handoff import HandoffDir, HandoffFull
+folder = HandoffDir({str(tmp_path / "handoff")!r})
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+try:
+    folder.put(b"x" * 100_000)
+except HandoffFull as error:
+    print(error)
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "has no room for this answer" in result.stdout and "ask without X-Intgrads-Handoff" in result.stdout
+    assert list((tmp_path / "handoff").iterdir()) == []
 
 
 def test_uncollected_files_expire_and_the_directory_is_bounded(tmp_path):

@@ -1,0 +1,178 @@
+"""An answer from elsewhere, checked before anyone keeps it: bounded decompression, a whole gzip, and keys,
+dtypes and shapes that agree with each other and with ``n_steps`` and ``method``.
+
+A client cannot trust the bytes a server sends (a broken, old or compromised server; a body cut short). Before
+an answer is written or rebuilt it goes through :func:`decode_checked`:
+
+- **Bounded decompression.** A gzip answer inflates to at most ``MAX_INFLATION`` times its own size (plus
+  ``INFLATION_SLACK``): float gradients barely compress (about 1.1x at level 1), so this bounds memory by the
+  answer's own size and stops a gzip bomb after a few MB.
+- **A whole gzip.** The deflate stream must end, with its CRC-32 and length right and nothing after it: a body
+  cut short, even inside a properly ended HTTP response, is refused.
+- **A consistent answer** (:func:`check_answer`). With T the tokens, H the width and N = ``n_steps``::
+
+      integrated_gradients (1, T, H)   intermediate_gradients (N, T, H)   intermediates (N, T, H)
+      layer_input, layer_baseline (1, T, H)   step_sizes (N, 1)   alphas (N,)   token_attributions (T,)
+      input_ids (1, T) int64   tokens: T strings   logits (1, C)
+
+  every tensor that is there has its shape, a float dtype (int64 for the ids) and finite values where the
+  engine refuses others; ``method`` is a known rule and, for N <= ``RULE_CHECK_STEPS``, the step sizes (and
+  alphas) are that rule's own. A compact answer (x and b instead of the intermediates) must carry what the
+  rebuild needs and, without ``alphas``, at most ``MAX_REBUILD_STEPS`` steps: the Gauss-Legendre rule of n
+  points costs O(n^2) memory and O(n^3) time to build.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import torch
+
+from ..engine.quadrature import METHODS, min_steps, step_sizes_and_alphas
+from .keys import ENDPOINT_NAMES
+
+try:
+    from isal import isal_zlib as _zlib
+except ImportError:  # pragma: no cover - isal is a declared dependency
+    import zlib as _zlib
+
+MAX_INFLATION = 8                  # decompressed bytes per gzip byte an answer may reach
+INFLATION_SLACK = 1 << 20          # ... plus this much, for small answers
+RULE_CHECK_STEPS = 1024            # up to here the step sizes are checked against the rule (leggauss(1024): 0.2 s)
+MAX_REBUILD_STEPS = RULE_CHECK_STEPS
+FLOAT_DTYPES = (torch.float32, torch.float16)
+GZIP_WBITS = 31                    # zlib's window bits for a gzip container
+
+
+class AnswerInvalid(ValueError):
+    """The bytes are not a whole, consistent intgrads answer; the message says what is wrong."""
+
+
+def decompress_bounded(payload: bytes, limit: int | None = None) -> bytes:
+    """The one gzip member in ``payload``, decompressed to at most ``limit`` bytes (default: MAX_INFLATION x its
+    size + INFLATION_SLACK); raises :class:`AnswerInvalid` for more, for a stream cut short or with a bad
+    CRC-32, and for bytes after it."""
+    if limit is None:
+        limit = MAX_INFLATION * len(payload) + INFLATION_SLACK
+    if payload[:2] != b"\x1f\x8b":
+        raise AnswerInvalid("not a gzip answer")
+    inflater = _zlib.decompressobj(GZIP_WBITS)
+    try:
+        raw = inflater.decompress(payload, limit + 1)
+    except _zlib.error as error:
+        raise AnswerInvalid(f"the gzip answer is damaged ({error})") from None
+    if len(raw) > limit or inflater.unconsumed_tail:
+        raise AnswerInvalid(f"the gzip answer of {len(payload):,} bytes inflates past {limit:,} bytes: not an answer "
+                            "(a gzip bomb?)")
+    if not inflater.eof:
+        raise AnswerInvalid(f"the gzip answer is cut short after {len(payload):,} bytes (its stream does not end)")
+    if inflater.unused_data:
+        raise AnswerInvalid(f"{len(inflater.unused_data):,} bytes follow the gzip answer")
+    return raw
+
+
+def decode_checked(payload: bytes, *, compact: bool = False, limit: int | None = None):
+    """The answer dict in ``payload`` (gzip ``torch.save`` bytes), decompressed with a bound, loaded with
+    ``weights_only=True`` and checked (:func:`check_answer`); raises :class:`AnswerInvalid`."""
+    raw = decompress_bounded(payload, limit)
+    try:
+        answer = torch.load(io.BytesIO(raw), weights_only=True)
+    except Exception as error:  # noqa: BLE001 - whatever torch.load says of bad bytes
+        raise AnswerInvalid(f"the answer does not load: {type(error).__name__}: {str(error)[:200]}") from None
+    check_answer(answer, compact=compact)
+    return answer
+
+
+def _tensor(answer, name, shape, dtypes=FLOAT_DTYPES):
+    """The tensor ``name`` if present, checked against ``shape`` (None entries: any size)."""
+    value = answer.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, torch.Tensor) or value.dtype not in dtypes:
+        raise AnswerInvalid(f"{name} is not a tensor of {', '.join(str(d) for d in dtypes)}")
+    if value.dim() != len(shape) or any(want is not None and got != want for got, want in zip(value.shape, shape)):
+        raise AnswerInvalid(f"{name} has shape {tuple(value.shape)}, not {tuple('?' if s is None else s for s in shape)}")
+    return value
+
+
+def _int(answer, name) -> int:
+    value = answer.get(name)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise AnswerInvalid(f"{name} is {type(value).__name__}, not an integer")
+    return value
+
+
+def check_answer(answer, *, compact: bool = False) -> None:
+    """Raise :class:`AnswerInvalid` unless ``answer`` is one consistent answer dict (see the module docstring);
+    ``compact``: it must also hold what :func:`intgrads.answer.rebuild.rebuild_intermediates` needs."""
+    if not isinstance(answer, dict):
+        raise AnswerInvalid(f"the answer is {type(answer).__name__}, not a dict")
+    logits = _tensor(answer, "logits", (1, None))
+    if logits is None or logits.shape[1] < 1 or not torch.isfinite(logits).all():
+        raise AnswerInvalid("the answer has no finite logits")
+    tokens = answer.get("tokens")
+    if tokens is not None and not (isinstance(tokens, list) and all(isinstance(t, str) for t in tokens)):
+        raise AnswerInvalid("tokens is not a list of strings")
+    ids = _tensor(answer, "input_ids", (1, None), dtypes=(torch.int64,))
+    width = len(tokens) if tokens is not None else (ids.shape[1] if ids is not None else None)
+    _tensor(answer, "input_ids", (1, width), dtypes=(torch.int64,))
+    _tensor(answer, "token_attributions", (width,))
+    steps = _int(answer, "n_steps")
+    method = answer.get("method")
+    alphas = _tensor(answer, "alphas", (steps,))
+    if alphas is None and method not in METHODS:
+        raise AnswerInvalid(f"method {str(method)[:40]!r} is not one of {', '.join(METHODS)}")
+    if steps < (min_steps(method) if method in METHODS else 1):
+        raise AnswerInvalid(f"n_steps {steps} is too few for method {method}")
+    hidden = _shape_of(answer, width, steps)
+    _tensor(answer, "step_sizes", (steps, 1))
+    _check_rule(answer, method, steps, alphas)
+    _check_numbers(answer)
+    if compact:
+        missing = [name for name in ("step_sizes", *ENDPOINT_NAMES) if name not in answer]
+        if missing or hidden is None:
+            raise AnswerInvalid(f"the compact answer lacks {', '.join(missing) or 'its tensors'}")
+        if alphas is None and steps > MAX_REBUILD_STEPS:
+            raise AnswerInvalid(f"the compact answer has {steps} steps and no alphas: more than the "
+                                f"{MAX_REBUILD_STEPS} a client rebuilds (ask for whole answers: --rebuild never)")
+
+
+def _shape_of(answer, width, steps):
+    """The width H shared by the (., T, H) tensors, checking T and N on the way; None when there are none."""
+    hidden = None
+    for name, rows in (("integrated_gradients", 1), ("intermediate_gradients", steps), ("intermediates", steps),
+                       ("layer_input", 1), ("layer_baseline", 1)):
+        value = _tensor(answer, name, (rows, width, hidden))
+        if value is not None:
+            hidden = value.shape[2]
+            width = value.shape[1]
+    return hidden
+
+
+def _check_rule(answer, method, steps, alphas):
+    """The step sizes (and alphas) are the named rule's, where that rule is cheap to build."""
+    sizes = answer.get("step_sizes")
+    if method not in METHODS or steps > RULE_CHECK_STEPS or (sizes is None and alphas is None):
+        return
+    rule_sizes, rule_alphas = step_sizes_and_alphas(method, steps)
+    for name, given, rule in (("step_sizes", sizes, rule_sizes), ("alphas", alphas, rule_alphas)):
+        if given is None:
+            continue
+        expected = torch.tensor(rule, dtype=torch.float32).to(given.dtype).view_as(given)
+        if not torch.equal(given, expected):
+            raise AnswerInvalid(f"{name} are not those of {method} with {steps} steps")
+
+
+def _check_numbers(answer):
+    for name in ("convergence_delta",):
+        value = answer.get(name)
+        if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool)):
+            raise AnswerInvalid(f"{name} is not a number")
+    target = answer.get("target")
+    classes = answer["logits"].shape[1]
+    if target is not None and not (isinstance(target, int) and not isinstance(target, bool) and 0 <= target < classes):
+        raise AnswerInvalid(f"target {str(target)[:20]} is not a class of the {classes} logits")
+    delta = answer.get("convergence_delta")
+    if isinstance(delta, float) and math.isnan(delta) and not answer.get("warnings"):
+        raise AnswerInvalid("convergence_delta is NaN without a warning")
