@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import unicodedata
 from dataclasses import dataclass, field
 
 from ..answer.keys import DTYPE_NAMES, ENDPOINT_NAMES, HANDOFF_HEADER, HANDOFF_REQUEST, SENDABLE_NAMES
@@ -33,6 +34,7 @@ TEXT_FIELDS = ("sequence", "sequences")
 # How the answer is sent (not engine options): "dtype" of its float tensors, and which "outputs" it holds.
 ENCODING_FIELDS = ("dtype", "outputs")
 ALLOWED_FIELDS = TEXT_FIELDS + OPTION_FIELDS + ENCODING_FIELDS
+VISIBLE_CATEGORIES = "LMNPS"   # Unicode letters, marks, numbers, punctuation, symbols
 EXAMPLE_SENTENCE = "This is the sequence that you want to get the sentiment of"
 
 DEFAULT_OPTIONS = {"target": 1, "n_steps": 50, "method": "gausslegendre", "baseline": "zero",
@@ -142,14 +144,16 @@ def _decode_text(value, what: str) -> str:
     raise RequestError(f"{what} must be text; got {type(value).__name__}")
 
 
-def _body_fields(parts: dict, headers: dict, url: str) -> tuple[dict, bool]:
-    """The request's fields as a dict, and whether they came from a form (values are then text)."""
+def _body_fields(parts: dict, headers: dict, url: str, sees_query: bool = False) -> tuple[dict, bool]:
+    """The request's fields as a dict, and whether they came from a form (values are then text). ``sees_query``:
+    the front end reads the query string (the hints then do not send options to the body)."""
+    no_query = "" if sees_query else NO_QUERY
     body_key = next((key for key in ("body", "data") if key in parts), None)
     if body_key is None:
         if not parts:
             raise RequestError(
                 "empty request: POST a JSON body with a \"sequence\" (and say it is JSON, or TorchServe reads "
-                f"it as a form and it arrives empty){NO_QUERY}, e.g. {usage_curl(url)}", usage=usage_curl(url))
+                f"it as a form and it arrives empty){no_query}, e.g. {usage_curl(url)}", usage=usage_curl(url))
         if any(not isinstance(value, (bytes, bytearray, str)) for value in parts.values()):
             return dict(parts), False    # already decoded JSON (a KServe envelope's instance): typed values
         return dict(parts), True
@@ -170,7 +174,7 @@ def _body_fields(parts: dict, headers: dict, url: str) -> tuple[dict, bool]:
     text = _decode_text(value, "the request body")
     stripped = text.strip()
     if not stripped:
-        raise RequestError(f"empty request body: POST a sentence{NO_QUERY}, e.g. {usage_curl(url)}",
+        raise RequestError(f"empty request body: POST a sentence{no_query}, e.g. {usage_curl(url)}",
                            usage=usage_curl(url))
     plain_text = content_type.startswith("text/") and not content_type.endswith("json")
     looks_json = stripped[0] in "{[\"" or content_type.endswith("json")
@@ -297,6 +301,9 @@ def _check_text(fields: dict, limits: dict) -> tuple[list, bool]:
                                "send UTF-8 text") from None
         if not item.strip():
             raise RequestError(f"{where} is empty: send the sentence to attribute")
+        if not any(unicodedata.category(ch)[0] in VISIBLE_CATEGORIES for ch in item):
+            raise RequestError(f"{where} has no visible character (only control, format or zero-width ones): "
+                               "send the sentence to attribute")
         if len(item) > limits["max_chars"]:
             raise RequestError(f"{where} has {len(item)} characters; this server takes at most "
                                f"{limits['max_chars']}", status=413)
@@ -372,8 +379,12 @@ def _show(value) -> str:
 
 
 def parse_request(parts, headers=None, *, model_name: str = "MODEL", num_labels: int = 2, defaults=None,
-                  limits=None, explain: bool = False) -> Request:
-    """Turn TorchServe's view of one request into a :class:`Request`, or raise :class:`RequestError`."""
+                  limits=None, explain: bool = False, query=None) -> Request:
+    """Turn a front end's view of one request into a :class:`Request`, or raise :class:`RequestError`.
+
+    ``query``: the URL's query string as (name, value) pairs, where the front end sees it (None: it does not, as
+    TorchServe's /predictions route). Its fields join the body's: a field given twice in the query, or in the
+    query and the body with two values, is a 400."""
     headers = lower_keys(headers)
     defaults = {**DEFAULT_OPTIONS, **(defaults or {})}
     limits = {**DEFAULT_LIMITS, **(limits or {})}
@@ -386,17 +397,15 @@ def parse_request(parts, headers=None, *, model_name: str = "MODEL", num_labels:
     if size > limits["max_body_bytes"]:
         raise RequestError(f"the request body has {size} bytes; this server takes at most {limits['max_body_bytes']}",
                            status=413)
-    fields, from_form = _body_fields(parts, headers, url)
-    unknown = sorted(str(name) for name in fields if name not in ALLOWED_FIELDS)
-    if unknown:
-        hint = ""
-        if from_form and any(name.lstrip().startswith("{") for name in unknown):
-            hint = (" (a JSON body sent without -H 'Content-Type: application/json' is read as a form: "
-                    f"add that header, e.g. {usage_curl(url)})")
-        shown = ", ".join(repr(name if len(name) <= 40 else name[:37] + "...") for name in unknown[:5])
-        raise RequestError(f"unknown field(s) {shown}; a request may carry {', '.join(ALLOWED_FIELDS)}{hint}")
+    from_query = _query_fields(query)
+    if not parts and set(from_query) & set(TEXT_FIELDS):
+        fields, from_form = {}, True
+    else:
+        fields, from_form = _body_fields(parts, headers, url, sees_query=query is not None)
+    _check_known(fields, from_form, url, where="")
     if from_form:
         fields = {name: _form_value(name, value) for name, value in fields.items()}
+    fields = _join_query(fields, from_query)
     sequences, single = _check_text(fields, limits)
     options = dict(defaults)
     given = [name for name in OPTION_FIELDS if name in fields]
@@ -408,6 +417,39 @@ def parse_request(parts, headers=None, *, model_name: str = "MODEL", num_labels:
         options["endpoints"] = True   # the engine then keeps x and b (layer_input, layer_baseline)
     return Request(encoding=encoding, sequences=sequences, single=single, options=options,
                    want_json=wants_json(headers, explain), given=given, handoff=wants_handoff(headers))
+
+
+def _check_known(fields: dict, from_form: bool, url: str, where: str):
+    unknown = sorted(str(name) for name in fields if name not in ALLOWED_FIELDS)
+    if unknown:
+        hint = ""
+        if from_form and any(name.lstrip().startswith("{") for name in unknown):
+            hint = (" (a JSON body sent without -H 'Content-Type: application/json' is read as a form: "
+                    f"add that header, e.g. {usage_curl(url)})")
+        shown = ", ".join(repr(name if len(name) <= 40 else name[:37] + "...") for name in unknown[:5])
+        raise RequestError(f"unknown field(s) {shown}{where}; a request may carry {', '.join(ALLOWED_FIELDS)}{hint}")
+
+
+def _query_fields(query) -> dict:
+    """The query string's fields, typed as form fields are; a name given twice is a 400."""
+    fields = {}
+    for name, value in query or ():
+        if name in fields:
+            raise RequestError(f"{_show(name)} is given twice in the query string: give each field once")
+        fields[name] = value
+    _check_known(fields, False, "", where=" in the query string")
+    return {name: _form_value(name, value) for name, value in fields.items()}
+
+
+def _join_query(fields: dict, from_query: dict) -> dict:
+    """The body's fields with the query's; the same field with two values is a 400."""
+    joined = dict(fields)
+    for name, value in from_query.items():
+        if name in joined and joined[name] != value:
+            raise RequestError(f"{name} is {_show(value)} in the query string and {_show(joined[name])} in the body: "
+                               "give it in one place")
+        joined[name] = value
+    return joined
 
 
 def wants_handoff(headers: dict) -> bool:

@@ -3,7 +3,6 @@ a quadrature too coarse to converge, XLNet's gradient spike at a zero baseline, 
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -64,11 +63,11 @@ def test_truncation_is_said(bundles):
 
 
 def test_the_server_refuses_non_finite_answers_with_422():
-    spec = importlib.util.spec_from_file_location("intgrads_handler", ROOT / "handler" / "intgrads_handler.py")
-    handler = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(handler)
+    from intgrads.serving.replies import refuse_non_finite
+    from intgrads.serving.request import RequestError
+
     bad = {"warnings": [_warnings(finite=False)[0]]}
-    handler._refuse_non_finite({"warnings": []})
-    with pytest.raises(handler.RequestError) as raised:
-        handler._refuse_non_finite([{"warnings": []}, bad])
+    refuse_non_finite({"warnings": []})
+    with pytest.raises(RequestError) as raised:
+        refuse_non_finite([{"warnings": []}, bad])
     assert raised.value.status == 422 and raised.value.message.startswith("sequences[1]: non-finite values")

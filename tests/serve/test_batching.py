@@ -1,12 +1,13 @@
-"""How the requests of one TorchServe batch are grouped (no server: the plan alone), and how the engine cuts
-sentences into buckets of similar length.
+"""How the requests of one TorchServe batch are planned as units of work (no server: the plan alone), and how the
+engine cuts sentences into buckets of similar length.
 
-The served check, each batched answer equal to its request's answer alone, is in test_serve_requests.py."""
+The served checks, each batched answer equal to its request's answer alone and a batch that never sinks a request
+that fits alone, are in test_serve_requests.py."""
 
 from __future__ import annotations
 
 from intgrads.engine.buckets import PAD_RATIO, PAD_SLACK, length_buckets
-from intgrads.serving.batching import gather, plan_groups
+from intgrads.serving.batching import gather, plan_units
 from intgrads.serving.request import Request
 
 STEPS_5 = {"target": 1, "n_steps": 5}
@@ -19,12 +20,28 @@ def _request(count, options=STEPS_5, single=None):
 
 def test_requests_with_the_same_options_share_one_call():
     requests = {0: _request(1), 1: _request(1), 2: _request(2), 3: _request(1, {**STEPS_5, "n_steps": 6})}
-    groups = plan_groups(requests)
-    assert len(groups) == 1   # request 3 is alone with its options: not planned (it runs as it came)
-    group = groups[0]
-    assert group.positions == [0, 1, 2]
-    assert group.items == [(0, 0), (1, 0), (2, 0), (2, 1)]
-    assert group.sentences(requests) == ["s0", "s0", "s0", "s1"]
+    units = plan_units(requests)
+    assert [unit.positions for unit in units] == [[0, 1, 2], [3]]   # request 3 is alone with its options
+    assert units[0].together and not units[1].together
+    assert units[0].items == [(0, 0), (1, 0), (2, 0), (2, 1)]
+    assert units[0].sentences(requests) == ["s0", "s0", "s0", "s1"]
+
+
+def test_a_unit_holds_no_more_work_than_one_request_may_ask_for():
+    """Four requests of 215 G each under a 300 G budget (each let in alone) run as four units, never one of 860 G;
+    small ones fill a unit up to the budget, in arrival order."""
+    requests = {i: _request(1) for i in range(4)}
+    units = plan_units(requests, lambda request: 215.0, budget=300.0)
+    assert [unit.positions for unit in units] == [[0], [1], [2], [3]]
+    assert [unit.work for unit in units] == [215.0] * 4
+    sizes = [100.0, 150.0, 60.0, 90.0, 200.0]
+    requests = {i: _request(1) for i in range(len(sizes))}
+    for size, request in zip(sizes, requests.values()):
+        request.lengths = [size]
+    units = plan_units(requests, lambda request: request.lengths[0], budget=300.0)
+    assert [unit.positions for unit in units] == [[0, 1], [2, 3], [4]]
+    assert all(unit.work <= 300.0 for unit in units)
+    assert [unit.positions for unit in plan_units(requests, lambda request: 1e9)] == [[0, 1, 2, 3, 4]]   # no budget
 
 
 def test_gather_restores_each_requests_shape_and_order():
@@ -34,9 +51,10 @@ def test_gather_restores_each_requests_shape_and_order():
     assert gather(many, answers, 1) == ["b", "c"]
 
 
-def test_a_lone_request_is_not_planned():
-    assert plan_groups({0: _request(3)}) == []
-    assert plan_groups({0: _request(1), 1: _request(1, {**STEPS_5, "precision": "bfloat16"})}) == []
+def test_a_lone_request_is_a_unit_of_its_own():
+    assert [unit.positions for unit in plan_units({0: _request(3)})] == [[0]]
+    units = plan_units({0: _request(1), 1: _request(1, {**STEPS_5, "precision": "bfloat16"})})
+    assert [(unit.positions, unit.together) for unit in units] == [([0], False), ([1], False)]
 
 
 def test_length_buckets_bound_the_padding():

@@ -110,28 +110,21 @@ def test_answer_too_big_is_refused_before_computing(server):
 
 
 def test_answer_size_guard_counts_dtype_and_outputs(engine_bundles):
-    """The handler's guard sizes the answer that will be sent. Its preprocess step, run in this process on the
-    archived bert model (hidden 384) with max_response_size set to 6 MB, for 4 x 40-token sentences at 50 steps
-    (hand sizes: 40 x 384 x 50 elements a big tensor): float32 with every output is 4 x 12.3 MB, float16 4 x 6.2 MB,
+    """The service's guard sizes the answer that will be sent. Its parse step, run in this process on the archived
+    bert model (hidden 384) with max_response_size set to 6 MB, for 4 x 40-token sentences at 50 steps (hand
+    sizes: 40 x 384 x 50 elements a big tensor): float32 with every output is 4 x 12.3 MB, float16 4 x 6.2 MB,
     float16 gradients only 4 x 1.6 MB (all refused with 413); float16 integrated gradients only is 4 x 34 kB."""
-    import importlib.util
+    from intgrads.serving import request as module
+    from intgrads.serving.service import AttributionService, Incoming
 
-    from serve.conftest import ROOT
-
-    spec = importlib.util.spec_from_file_location("intgrads_handler_guard", ROOT / "handler" / "intgrads_handler.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    handler = module.IntgradsHandler()
-    handler.bundle = engine_bundles["bert"]
-    handler.limits["max_response_bytes"] = 6_000_000
+    service = AttributionService(engine_bundles["bert"], limits={"max_response_bytes": 6_000_000})
     sentence = " ".join(["good"] * 38)           # 40 tokens with [CLS] and [SEP]
 
     def check(**fields):
         body = json.dumps({"sequences": [sentence] * 4, "n_steps": 50, **fields}).encode()
-        (parsed,) = handler.preprocess([{"body": body}], None)
-        return parsed
+        return service.parse(Incoming({"body": body}, {}))
 
-    hidden = int(handler.bundle.word_embedding.weight.shape[1])
+    hidden = int(service.bundle.word_embedding.weight.shape[1])
     assert hidden == 384
     refused = check()
     assert isinstance(refused, module.RequestError) and refused.status == 413, refused

@@ -6,9 +6,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
-import re
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import requests
 import torch
@@ -19,15 +17,15 @@ from intgrads.answer.summary import index_record
 from .conftest import post_json
 from .test_serve_answers import assert_same_answer, decode
 
-HANDLER = Path(__file__).resolve().parents[2] / "handler" / "intgrads_handler.py"
 LONG = ("the film was slow at first but the music and the acting made every scene feel honest and warm , "
         "and by the end the whole story seemed bright , charming and strangely moving")
 
 
 def piece_bytes() -> int:
-    """The handler's piece size, read from its source (importing it would make a handler)."""
-    a, b = re.search(r"^PIECE_BYTES = (\d+) \* (\d+) \* \d+$", HANDLER.read_text(), re.M).groups()
-    return int(a) * int(b) * int(b)
+    """The size of a streamed body's pieces (the servers of these tests do not set INTGRADS_PIECE_BYTES)."""
+    from intgrads.serving.replies import PIECE_BYTES
+
+    return PIECE_BYTES
 
 
 def test_a_big_answer_streams_in_pieces_and_equals_the_engines(server, direct):
