@@ -26,7 +26,7 @@ from .baselines import baseline_word_vector, baseline_word_vectors
 from .buckets import length_buckets
 from .budget import check_deadline
 from .diagnostics import answer_warnings
-from .options import DEFAULT_CHUNK_TOKENS, check_options, check_sequences
+from .options import DEFAULT_CHUNK_TOKENS, check_options, check_sequences, check_token_counts
 from .precision import DEFAULT_PRECISION, computing_in
 from .quadrature import step_sizes_and_alphas
 
@@ -54,6 +54,7 @@ def attribute(bundle, sequence_or_list, *, target=1, n_steps=50, method="gaussle
         num_labels=bundle.num_labels, min_tokens=tokenizer.num_special_tokens_to_add() + 1,
         max_positions=bundle.max_positions, precision=precision)
     full_lengths = [len(ids) for ids in tokenizer(sentences, add_special_tokens=True)["input_ids"]]
+    check_token_counts(full_lengths, tokenizer.num_special_tokens_to_add(), single)
     if not (chunk_tokens is None or (isinstance(chunk_tokens, int) and chunk_tokens >= 1)):
         raise ValueError(f"chunk_tokens must be a positive integer or None; got {chunk_tokens!r}")
     answers = [None] * len(sentences)

@@ -70,3 +70,13 @@ def check_sequences(sequence_or_list) -> tuple[list[str], bool]:
         if not item.strip():
             raise ValueError(f"{where} is empty: send the sentence to attribute")
     return list(items), single
+
+
+def check_token_counts(full_lengths, special_tokens: int, single: bool) -> None:
+    """Raise ``ValueError`` for a sentence the tokenizer turns into special tokens alone (only control, format or
+    zero-width characters, say): there would be nothing to attribute."""
+    for index, length in enumerate(full_lengths):
+        if length <= special_tokens:
+            where = "sequence" if single else f"sequences[{index}]"
+            raise ValueError(f"{where} has no token the model reads (the tokenizer keeps none of its characters): "
+                             "send the sentence to attribute")

@@ -138,9 +138,11 @@ def stop_server(paths: RunPaths, quiet: bool = False, timeout: float = 60) -> bo
         pass
     worker_pids = set(state.get("worker_pids") or [])
     if pid is None:
-        if not quiet:
-            print(f"intgrads: no server is running for {paths.run_dir}")
         _kill_workers(worker_pids)
+        left = remove_leftovers(paths)
+        if not quiet:
+            print(f"intgrads: no server is running for {paths.run_dir}"
+                  + (f"; removed what a stopped one left ({', '.join(left)})" if left else ""))
         return False
     worker_pids |= _live_worker_pids(state, paths)
     os.kill(pid, signal.SIGTERM)
@@ -152,19 +154,29 @@ def stop_server(paths: RunPaths, quiet: bool = False, timeout: float = 60) -> bo
         while pid_alive(pid) and time.time() < deadline + 10:
             time.sleep(0.2)
     _kill_workers(worker_pids)
-    for leftover in (paths.pid_file, paths.run_dir / "key_file.json"):
-        try:
-            leftover.unlink()
-        except OSError:
-            pass
-    shutil.rmtree(paths.handoff, ignore_errors=True)   # uncollected answers
-    shutil.rmtree(paths.private, ignore_errors=True)   # the management socket
+    remove_leftovers(paths)
     if state:
         state["stopped_at"] = time.time()
         paths.state.write_text(json.dumps(state, indent=1), encoding="utf-8")
     if not quiet:
         print(f"intgrads: stopped the server on port {state.get('ports', {}).get('inference', '?')} (pid {pid})")
     return True
+
+
+def remove_leftovers(paths: RunPaths) -> list[str]:
+    """Remove what a server of this run directory leaves once it is gone: its pid file and keys, the uncollected
+    hand-off answers and the management socket (a symbolic link in their place is removed, never followed).
+    Returns the names of what was there."""
+    removed = []
+    for leftover in (paths.pid_file, paths.run_dir / "key_file.json", paths.handoff, paths.private):
+        if not (leftover.is_symlink() or leftover.exists()):
+            continue
+        removed.append(leftover.name + ("/" if leftover.is_dir() and not leftover.is_symlink() else ""))
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+    return removed
 
 
 def _live_worker_pids(state: dict, paths: RunPaths) -> set:

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -75,6 +76,7 @@ def prepare(args) -> Launch:
             raise LaunchError(f"the run directory {paths.run_dir} is too deep for TorchServe's worker sockets "
                               f"({len(os.fsencode(socket_path))} bytes, at most {MAX_SOCKET_PATH} on this system): "
                               "give a shorter --run-dir", code=2)
+    refuse_planted(paths)
     running = server_pid(paths)
     if running:
         raise LaunchError(f"an intgrads server is already running for {paths.run_dir} (pid {running}): stop it with "
@@ -117,6 +119,20 @@ def build_and_configure(launch: Launch):
                                     model_store=launch.model_store, mar_names=mars, token_auth=launch.token_auth,
                                     args=args, source=str(base_config) if base_config else "built-in defaults",
                                     management_socket=launch.management_socket)
+
+
+def refuse_planted(paths):
+    """The run directory's private folders (handoff/, private/) must be real directories of this user's, or not
+    there: a symbolic link or someone else's folder in their place is refused, neither followed nor removed."""
+    for folder in (paths.handoff, paths.private):
+        if not (folder.is_symlink() or folder.exists()):
+            continue
+        info = folder.lstat()
+        if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+            what = "a symbolic link" if stat.S_ISLNK(info.st_mode) else (
+                "not a directory" if not stat.S_ISDIR(info.st_mode) else f"owned by uid {info.st_uid}")
+            raise LaunchError(f"{folder} is {what}: the server keeps private files there and will not use it; "
+                              f"remove it, or give another --run-dir", code=2)
 
 
 def torchserve_env(launch: Launch) -> dict:

@@ -105,15 +105,23 @@ def test_foreground_ctrl_c_then_background_and_stop(place, hf_files, stop_afterw
     assert post_json(url, {"sequence": "good", "n_steps": 3}).status_code == 200
     again = run_launcher(model + place["common"], cwd=place["home"], env=place["env"])
     assert again.returncode != 0 and "already running" in again.stderr
+    # The frontend killed with SIGKILL: --stop still ends its workers and removes its hand-off answers and socket.
+    os.kill(state["pid"], signal.SIGKILL)
+    deadline = time.time() + 30
+    while _pid_alive(state["pid"]) and time.time() < deadline:
+        time.sleep(0.2)
+    assert (place["run"] / "handoff").is_dir() and (place["run"] / "private").is_dir()
     stopped = run_launcher(["--stop", "-p", place["port"], "--run-dir", place["run"]], cwd=place["home"],
                            env=place["env"], timeout=120)
-    assert stopped.returncode == 0 and "stopped" in stopped.stdout
+    assert stopped.returncode == 0 and "no server is running" in stopped.stdout, stopped.stdout
+    assert "removed what a stopped one left" in stopped.stdout and "handoff/" in stopped.stdout
+    assert not (place["run"] / "handoff").exists() and not (place["run"] / "private").exists()
     assert not any(_pid_alive(pid) for pid in [state["pid"]] + state["worker_pids"])
     with pytest.raises(requests.ConnectionError):
         requests.get(f"http://127.0.0.1:{place['port']}/ping", timeout=5)
     nothing = run_launcher(["--stop", "-p", place["port"], "--run-dir", place["run"]], cwd=place["home"],
                            env=place["env"], timeout=120)
-    assert nothing.returncode == 0 and "no server is running" in nothing.stdout
+    assert nothing.returncode == 0 and nothing.stdout.strip() == f"intgrads: no server is running for {place['run']}"
 
     # A worker that cannot load its model (a damaged archive): a clear message, the log tail, nothing left running.
     mar = place["store"] / "tiny.mar"
@@ -230,3 +238,15 @@ def test_a_run_directory_too_deep_for_worker_sockets_is_refused(tmp_path):
                           env=launcher_env(tmp_path), timeout=120)
     assert result.returncode == 2, result.stdout + result.stderr
     assert "too deep for TorchServe's worker sockets" in result.stderr and "--run-dir" in result.stderr
+
+
+def test_a_planted_link_in_the_run_directory_is_refused(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (run / "handoff").symlink_to(tmp_path / "elsewhere")
+    result = run_launcher(["--demo", "--run-dir", run, "-p", free_port_block()], cwd=tmp_path,
+                          env=launcher_env(tmp_path), timeout=120)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"{run / 'handoff'} is a symbolic link" in result.stderr and "Traceback" not in result.stderr
+    assert (run / "handoff").is_symlink() and (tmp_path / "elsewhere").is_dir()   # neither followed nor removed
