@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Create .venv/ and install intgrads into it (editable, with the serve and test extras) when it is missing
-# or when the package metadata changed since the last install. Quiet when there is nothing to do.
+# or when the package metadata changed since the last install, or when an extra is wanted that is not there yet.
+# Quiet when there is nothing to do.
 #
 #   INTGRADS_VENV        the environment to use (default: .venv/ at the top of the checkout)
+#   INTGRADS_EXTRAS      extras to install besides serve and test, comma-separated (e.g. ray)
 #   INTGRADS_TORCH_SPEC  what pip installs for torch when the environment has none (default: torch);
 #                        e.g. torch==2.13.0, or "torch --index-url https://download.pytorch.org/whl/cpu"
 #   PYTHON               the interpreter that creates the environment (default: python3)
@@ -16,8 +18,20 @@ stamp="$venv/.intgrads-install-stamp"
 say() { printf 'bootstrap: %s\n' "$*" >&2; }
 
 want="$(cd "$root" && cat setup.cfg setup.py pyproject.toml 2>/dev/null | sha256sum | cut -d' ' -f1)"
-if [[ -x "$venv/bin/python" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
-    exit 0
+extras="serve,test${INTGRADS_EXTRAS:+,$INTGRADS_EXTRAS}"
+if [[ -x "$venv/bin/python" && -f "$stamp" ]]; then
+    read -r had had_extras < "$stamp" || true
+    missing=""
+    for extra in ${extras//,/ }; do
+        [[ ",${had_extras:-serve,test}," == *",$extra,"* ]] || missing="$missing $extra"
+    done
+    if [[ "$had" == "$want" && -z "$missing" ]]; then
+        exit 0
+    fi
+    # keep what was installed before: an extra once asked for stays
+    for extra in ${had_extras//,/ }; do
+        [[ ",$extras," == *",$extra,"* ]] || extras="$extras,$extra"
+    done
 fi
 
 if [[ ! -x "$venv/bin/python" ]]; then
@@ -43,7 +57,7 @@ if ! "$venv/bin/python" -c 'import torch' >/dev/null 2>&1; then
     "$venv/bin/python" -m pip install $spec >&2
 fi
 
-say "installing intgrads and its dependencies into $venv"
-"$venv/bin/python" -m pip install --quiet -e "$root[serve,test]" >&2
-echo "$want" > "$stamp"
+say "installing intgrads and its dependencies ($extras) into $venv"
+"$venv/bin/python" -m pip install --quiet -e "$root[$extras]" >&2
+echo "$want $extras" > "$stamp"
 say "done"

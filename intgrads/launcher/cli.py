@@ -44,8 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="intgrads", add_help=False, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Serve integrated and intermediate gradients of BERT/XLNet sentiment classifiers with "
-                    "TorchServe.\nPackages each model into model_store/<name>.mar, starts TorchServe, waits until "
-                    "every worker is ready and prints the curl to use.",
+                    "TorchServe (or Ray Serve).\nPackages each model into model_store/<name>.mar, starts the server, "
+                    "waits until every worker is ready and prints the curl to use.",
         epilog="Several models may be served at once (each model flag once). --tokenizer, --config and "
                "--model-name take VALUE for a single model or KEY=VALUE (KEY: bert, xlnet-base, xlnet-large, hf, "
                "demo) to say which model they are for.\n\nExamples:\n"
@@ -142,6 +142,14 @@ def _limit_flags(limits):
 
 
 def _server_flags(server):
+    server.add_argument("--frontend", choices=("torchserve", "ray"), default="torchserve",
+                        help="the server: TorchServe (default) or Ray Serve (installed on first use; one Serve "
+                             "application per model, replicas for workers, a Ray head of its own with token auth)")
+    server.add_argument("--ray-address", default=None, metavar="ADDR",
+                        help="with --frontend ray: deploy on this running cluster, given by its dashboard's address "
+                             "(host:8265) instead of starting a Ray head")
+    server.add_argument("--ray-token-file", default=None, metavar="FILE",
+                        help="with --ray-address: the cluster's token file (default $RAY_AUTH_TOKEN_PATH)")
     server.add_argument("-h", "--host", default=None,
                         help="address to bind (default 127.0.0.1; 0.0.0.0 for every interface, token auth on)")
     server.add_argument("-p", "--port", type=int, default=8888, help="inference port (default 8888)")
@@ -188,6 +196,8 @@ def check_flags(args):
         raise LaunchError("--chunk-tokens must be 0 (all steps at once) or more", code=2)
     if args.max_batch_delay < 0:
         raise LaunchError("--max-batch-delay must be 0 or more", code=2)
+    if (args.ray_address or args.ray_token_file) and args.frontend != "ray":
+        raise LaunchError("--ray-address and --ray-token-file go with --frontend ray", code=2)
     check_defaults(args)
 
 
@@ -211,18 +221,42 @@ def check_defaults(args):
             raise LaunchError(f"--target {args.target}: give a class index (0, 1, ...) or 'predicted'", code=2) from None
 
 
+def frontend_of(paths) -> str:
+    """The front end the run directory's last server was started with (state.json), torchserve by default."""
+    import json
+
+    try:
+        return json.loads(paths.state.read_text(encoding="utf-8")).get("frontend") or "torchserve"
+    except (OSError, ValueError):
+        return "torchserve"
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        paths = run_paths(args, project_home())
+        on_ray = frontend_of(paths) == "ray"
         if args.stop:
-            stop_server(run_paths(args, project_home()))
+            if on_ray:
+                from .start_ray import stop_ray
+
+                stop_ray(paths)
+            else:
+                stop_server(paths)
             return 0
         if args.scale:
-            from .management import scale
+            if on_ray:
+                from .start_ray import scale_ray as scale
+            else:
+                from .management import scale
 
-            print(scale(run_paths(args, project_home()), args.scale))
+            print(scale(paths, args.scale))
             return 0
+        if args.frontend == "ray":
+            from .start_ray import start_ray
+
+            return start_ray(args)
         from .start import start
 
         return start(args)

@@ -187,7 +187,7 @@ def launch_torchserve(launch: Launch):
     if launch.pid is None:
         wrapper.poll()
         raise LaunchError("TorchServe did not start (no frontend process)", log_tail=log_tails(paths))
-    launch.state = {"pid": launch.pid, "host": launch.host, "ports": launch.ports.__dict__,
+    launch.state = {"frontend": "torchserve", "pid": launch.pid, "host": launch.host, "ports": launch.ports.__dict__,
                     "run_dir": str(paths.run_dir), "model_store": str(launch.model_store),
                     "token_auth": launch.token_auth, "started_at": launch.started,
                     "management_socket": str(launch.management_socket) if launch.management_socket else None,

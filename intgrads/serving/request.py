@@ -69,6 +69,11 @@ class Request:
     lengths: list = field(default_factory=list)   # each sentence's tokens as the engine runs it (set by the handler)
 
 
+def body_too_big(limit: int) -> RequestError:
+    """413 for a body over ``limit`` bytes (a front end that reads the body itself stops reading there)."""
+    return RequestError(f"the request body is over {limit} bytes; this server takes at most {limit}", status=413)
+
+
 def usage_curl(url: str = "http://127.0.0.1:8888/predictions/MODEL") -> str:
     return (f"curl {url} -H 'Content-Type: application/json' "
             f"-d '{{\"sequence\": \"{EXAMPLE_SENTENCE}\"}}' --output saved_file.gzip")
@@ -395,8 +400,7 @@ def parse_request(parts, headers=None, *, model_name: str = "MODEL", num_labels:
         raise RequestError("unreadable request")
     size = sum(len(value) for value in parts.values() if isinstance(value, (bytes, bytearray, str)))
     if size > limits["max_body_bytes"]:
-        raise RequestError(f"the request body has {size} bytes; this server takes at most {limits['max_body_bytes']}",
-                           status=413)
+        raise body_too_big(limits["max_body_bytes"])
     from_query = _query_fields(query)
     if not parts and set(from_query) & set(TEXT_FIELDS):
         fields, from_form = {}, True

@@ -22,6 +22,7 @@ import pytest
 import requests
 
 ROOT = Path(__file__).resolve().parents[2]
+RAY_PORT = "8898"   # the README's Ray Serve block (tests/test_readme.py leaves it to test_ray_frontend.py)
 LAUNCHER = [sys.executable, "-m", "intgrads.launcher"]
 START_TIMEOUT = 600
 
@@ -225,3 +226,66 @@ def direct(engine_bundles, worker_threads):
 def post_json(url: str, payload, **kwargs) -> requests.Response:
     return requests.post(url, data=json.dumps(payload), headers={"Content-Type": "application/json",
                                                                   **kwargs.pop("headers", {})}, timeout=300, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------- Ray Serve
+# The Ray Serve front end's server: the README's own command (./scripts/intgrads.sh --demo --frontend ray -p 8898),
+# started once, stopped by the README's stop command at the end of test_ray_frontend.py (or here, should a test
+# fail before).
+RUN_DIR = ROOT / "logs" / f"serve-{RAY_PORT}"
+MADE = ("ray_answer.gzip",)
+
+
+def bash(command: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "-c", command], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+@dataclass
+class RayServer:
+    port: int
+    run_dir: Path
+    output: str
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def url(self, model: str = "demo", route: str = "predictions") -> str:
+        return f"{self.base}/{route}/{model}"
+
+    @property
+    def state(self) -> dict:
+        return json.loads((self.run_dir / "state.json").read_text())
+
+    def dashboard(self):
+        from intgrads.launcher.ray_deploy import Dashboard
+
+        state = self.state
+        return Dashboard(state["dashboard"], Path(state["token_file"]).read_text().strip())
+
+    def replicas(self, model: str = "demo") -> list[dict]:
+        app = self.dashboard().details()["applications"][model]
+        return app["deployments"]["ModelServer"]["replicas"]
+
+
+@pytest.fixture(scope="session")
+def ray_server():
+    from test_readme import ray_commands
+
+    commands = ray_commands()
+    assert commands and "--frontend ray" in commands[0], commands
+    with socket.socket() as probe:
+        busy = probe.connect_ex(("127.0.0.1", int(RAY_PORT))) == 0
+    if busy:
+        pytest.skip(f"port {RAY_PORT} is taken: the README's Ray server cannot start here")
+    started = bash(commands[0])
+    server = RayServer(int(RAY_PORT), RUN_DIR, started.stdout + started.stderr)
+    try:
+        assert started.returncode == 0, server.output[-4000:]
+        yield server
+    finally:
+        state = json.loads((RUN_DIR / "state.json").read_text()) if (RUN_DIR / "state.json").is_file() else {}
+        if not state.get("stopped_at"):
+            bash(f"./scripts/intgrads.sh --stop -p {RAY_PORT}", timeout=300)
+        for name in MADE:
+            (ROOT / name).unlink(missing_ok=True)

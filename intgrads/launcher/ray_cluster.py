@@ -1,0 +1,219 @@
+"""A Ray cluster of the launcher's own, kept to its run directory: started with token auth, stopped without
+touching any other Ray on the machine.
+
+- **Token.** ``RUN/private/ray_token`` (owner-only), made here; every Ray process of the run gets
+  ``RAY_AUTH_MODE=token`` and ``RAY_AUTH_TOKEN_PATH`` pointing at it, so the GCS, the workers and the dashboard
+  with its Serve REST API all ask for it, and nothing is written to ``~/.ray``.
+- **Ports.** Every port Ray opens (GCS, dashboard, agents, object and node managers, metrics, workers) is taken
+  from one free block, so two runs never meet; the dashboard listens on 127.0.0.1 only.
+- **Stop.** ``ray stop`` kills every Ray process of the machine. :func:`stop_cluster` kills only the processes
+  that have a file open, or their working directory, under the run's Ray folder (every Ray process keeps its logs
+  and sockets there), and their children: raylet first, gcs_server last, SIGKILL after a grace period.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .paths import LaunchError
+
+RAY_PORTS = ("gcs", "dashboard", "client", "node_manager", "object_manager", "metrics_export", "agent_listen",
+             "agent_grpc", "runtime_env_agent", "autoscaler_metrics", "dashboard_metrics")
+WORKER_PORTS = 100
+BLOCK = 128
+
+
+@dataclass
+class RayPorts:
+    """Ray's ports, from ``base`` up: the named ones first, then ``WORKER_PORTS`` for workers."""
+
+    base: int
+
+    def __getattr__(self, name):
+        if name in RAY_PORTS:
+            return self.base + RAY_PORTS.index(name)
+        raise AttributeError(name)
+
+    @property
+    def workers(self) -> tuple[int, int]:
+        return self.base + 20, self.base + 20 + WORKER_PORTS - 1
+
+
+def port_free(port: int, host: str = "") -> bool:
+    """A plain bind (no SO_REUSEPORT: Ray's proxy sets it, and two proxies would then share a port)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+            return True
+        except OSError:
+            return False
+
+
+def free_block(avoid: int) -> RayPorts:
+    """A block of BLOCK free ports (on every interface) away from ``avoid``."""
+    import random
+
+    rng = random.Random(os.getpid() ^ time.time_ns())
+    for _ in range(200):
+        base = rng.randrange(20000, 60000 - BLOCK, 8)
+        if abs(base - avoid) > BLOCK and all(port_free(port) for port in range(base, base + BLOCK)):
+            return RayPorts(base)
+    raise LaunchError("no block of free ports for Ray found")
+
+
+def make_token(path: Path) -> Path:
+    """A new random token in ``path`` (mode 0600, in an owner-only folder)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o700)
+    path.unlink(missing_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(secrets.token_hex(32))
+    return path
+
+
+def ray_env(token_path: Path | None, ports: RayPorts | None = None) -> dict:
+    """The environment of Ray's processes and of the launcher's calls to them: token auth on, no usage stats,
+    no 30 s drain on stop; a run's own metric ports."""
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE")}
+    env.update({"RAY_USAGE_STATS_ENABLED": "0", "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+                "PYTHONUNBUFFERED": "1"})
+    if token_path is not None:
+        env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path)})
+    if ports is not None:
+        env.update({"AUTOSCALER_METRIC_PORT": str(ports.autoscaler_metrics),
+                    "DASHBOARD_METRIC_PORT": str(ports.dashboard_metrics)})
+    return env
+
+
+def ray_command() -> str:
+    found = Path(sys.executable).with_name("ray")
+    if not found.is_file():
+        raise LaunchError("Ray is not installed in this environment: pip install 'intgrads[ray]' (or run "
+                          "scripts/intgrads.sh --frontend ray, which installs it into .venv/)", code=2)
+    return str(found)
+
+
+def start_head(folder: Path, ports: RayPorts, token_path: Path, *, cpus: int, gpus: int, log) -> None:
+    """``ray start --head`` with every port from ``ports``, its temp dir ``folder`` (logs, sockets), the
+    dashboard on loopback; raises LaunchError with the tail of its output when it fails."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    low, high = ports.workers
+    command = [ray_command(), "start", "--head", "--temp-dir", str(folder), "--port", str(ports.gcs),
+               "--dashboard-host", "127.0.0.1", "--dashboard-port", str(ports.dashboard),
+               "--ray-client-server-port", str(ports.client), "--node-manager-port", str(ports.node_manager),
+               "--object-manager-port", str(ports.object_manager), "--metrics-export-port", str(ports.metrics_export),
+               "--dashboard-agent-listen-port", str(ports.agent_listen),
+               "--dashboard-agent-grpc-port", str(ports.agent_grpc),
+               "--runtime-env-agent-port", str(ports.runtime_env_agent),
+               "--min-worker-port", str(low), "--max-worker-port", str(high),
+               "--num-cpus", str(cpus), "--num-gpus", str(gpus), "--disable-usage-stats"]
+    with open(log, "ab") as out:
+        result = subprocess.run(command, cwd=folder, env=ray_env(token_path, ports), stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=300)
+    if result.returncode != 0:
+        raise LaunchError(f"Ray's head did not start (exit {result.returncode})", log_tail=_tail(log))
+
+
+def _tail(path, lines: int = 30) -> str:
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+# ---------------------------------------------------------------------------------------------- stopping
+def _stat(pid: int):
+    """(parent pid, state) of a process, or None."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        return int(fields[1]), fields[0]
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _uses(pid: int, prefix: str) -> bool:
+    try:
+        if (os.readlink(f"/proc/{pid}/cwd") + "/").startswith(prefix):
+            return True
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(prefix):
+                    return True
+            except OSError:
+                continue
+    except OSError:
+        pass
+    return False
+
+
+def cluster_processes(folder: Path) -> dict[int, str]:
+    """{pid: name} of the processes of the Ray cluster kept in ``folder``, and their descendants."""
+    prefix = str(folder.resolve()).rstrip("/") + "/"
+    me = os.getpid()
+    table = {int(entry): _stat(int(entry)) for entry in os.listdir("/proc") if entry.isdigit()}
+    table = {pid: info for pid, info in table.items() if info and info[1] != "Z" and pid != me}
+    found = {pid for pid in table if _uses(pid, prefix)}
+    children: dict = {}
+    for pid, (parent, _) in table.items():
+        children.setdefault(parent, []).append(pid)
+    stack = list(found)
+    while stack:
+        for child in children.get(stack.pop(), []):
+            if child not in found and child != me:
+                found.add(child)
+                stack.append(child)
+    names = {}
+    for pid in found:
+        try:
+            names[pid] = Path(f"/proc/{pid}/comm").read_text().strip()
+        except OSError:
+            pass
+    return names
+
+
+def _signal(pids, how):
+    for pid in pids:
+        try:
+            os.kill(pid, how)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _wait_gone(pids, seconds: float) -> list:
+    deadline = time.time() + seconds
+    while True:
+        alive = [pid for pid in pids if (_stat(pid) or (0, "Z"))[1] != "Z"]
+        if not alive or time.time() > deadline:
+            return alive
+        time.sleep(0.1)
+
+
+def stop_cluster(folder: Path, grace: float = 10.0) -> int:
+    """Stop the Ray cluster kept in ``folder`` (and only it); returns how many processes were ended."""
+    seen = set()
+    for stage in ("raylet", None, "gcs_server"):
+        pids = [pid for pid, name in cluster_processes(folder).items()
+                if (name == stage if stage else name not in ("raylet", "gcs_server"))]
+        seen.update(pids)
+        _signal(pids, signal.SIGTERM)
+        _signal(_wait_gone(pids, grace / 3), signal.SIGKILL)
+    for _ in range(20):   # anything started meanwhile
+        left = cluster_processes(folder)
+        if not left:
+            break
+        seen.update(left)
+        _signal(left, signal.SIGKILL)
+        _wait_gone(list(left), 2)
+    return len(seen)

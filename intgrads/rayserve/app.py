@@ -1,0 +1,144 @@
+"""The Serve deployments: glue between Ray Serve and :class:`intgrads.serving.service.AttributionService`.
+
+One application per model (``model_app``, route ``/predictions/NAME``): a ``ModelServer`` replica opens the model's
+``.mar`` (the same archive TorchServe serves, so the same weights, settings and limits), and answers one request
+at a time (a second may wait while the first one's answer streams out), with torch's work in a thread so the
+replica's event loop stays free. One front (``front_app``, route ``/``) answers what no model route takes:
+``POST /explanations/NAME`` (the JSON summary, through the model's deployment), ``GET /models/NAME`` (what the
+model is, its defaults and limits), ``GET /ping`` and ``GET /metrics``, and a 404 naming the model otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import zipfile
+from pathlib import Path
+
+import torch
+from ray import serve
+from starlette.requests import Request
+
+from ..serving.service import AttributionService
+from . import http
+from .metrics import counters
+
+logger = logging.getLogger("ray.serve")
+DEFAULT_MAX_BODY = 1_048_576
+
+
+def read_key(key_file: str | None) -> str | None:
+    """The inference key of a key file (TorchServe's key_file.json layout), or None when there is none."""
+    if not key_file:
+        return None
+    return json.loads(Path(key_file).read_text(encoding="utf-8"))["inference"]["key"]
+
+
+def open_archive(archive: str) -> tuple[Path, dict]:
+    """The ``.mar`` unpacked into a folder of this replica's own, and its model-config.yaml."""
+    import yaml
+
+    folder = Path(tempfile.mkdtemp(prefix="intgrads-model-"))
+    with zipfile.ZipFile(archive) as packed:
+        packed.extractall(folder)
+    with open(folder / "model-config.yaml", encoding="utf-8") as handle:
+        return folder, yaml.safe_load(handle) or {}
+
+
+@serve.deployment(max_ongoing_requests=2, max_queued_requests=100, ray_actor_options={"num_cpus": 1})
+class ModelServer:
+    """One model, one request at a time; see the module docstring."""
+
+    def __init__(self, name: str, archive: str, threads: int = 1, device: str = "cpu", key_file: str | None = None,
+                 handoff_dir: str | None = None, handoff_max_bytes: int = 0):
+        self.name = name
+        self.folder, config = open_archive(archive)
+        settings = config["intgrads"]
+        torch.set_num_threads(max(1, int(threads)))
+        environ = {"INTGRADS_HANDOFF_DIR": handoff_dir or "", "INTGRADS_HANDOFF_MAX_BYTES": str(handoff_max_bytes)}
+        self.service = AttributionService.from_archive(
+            settings, self.folder, model_name=name, device="cuda:0" if device == "cuda" else "cpu",
+            threads=int(threads), response_timeout=float(config.get("responseTimeout") or 1800), environ=environ)
+        self.key = read_key(key_file)
+        self.max_body = int(self.service.limits.get("max_body_bytes") or DEFAULT_MAX_BODY)
+        self.lock = threading.Lock()
+        self.counters = counters()
+        logger.info("intgrads: model %s loaded on %s with %d torch threads (pid %d)", name, device, threads,
+                    os.getpid())
+
+    def __del__(self):
+        shutil.rmtree(getattr(self, "folder", ""), ignore_errors=True)
+
+    async def __call__(self, request: Request):
+        try:
+            incoming = await http.incoming(request, max_body_bytes=self.max_body, key=self.key)
+        except http.Refused as refused:
+            reply = refused.reply
+        else:
+            reply = await asyncio.to_thread(self.answer, incoming)
+        return http.response(reply)
+
+    def answer(self, incoming):
+        """The service's reply, counted (also what the front asks for an explanation)."""
+        with self.lock:
+            reply = self.service.answer(incoming)
+        self.counters.add.remote(self.name, reply.status, reply.counters)
+        return reply
+
+    def describe(self) -> dict:
+        return {"modelName": self.name, "pid": os.getpid(), "node": _node_id(), **self.service.describe()}
+
+
+def _node_id() -> str:
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
+
+
+@serve.deployment(max_ongoing_requests=100, ray_actor_options={"num_cpus": 0})
+class Front:
+    """The routes besides ``/predictions/NAME``; see the module docstring."""
+
+    def __init__(self, models: list, key_file: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY):
+        self.models = {name: serve.get_deployment_handle("ModelServer", app_name=name) for name in models}
+        self.key = read_key(key_file)
+        self.max_body = int(max_body_bytes)
+        self.counters = counters()
+
+    async def __call__(self, request: Request):
+        parts = [part for part in request.url.path.split("/") if part]
+        try:
+            if parts == ["ping"]:
+                return http.json_response(200, {"status": "Healthy"})
+            http.check_key(request, self.key)
+            if parts == ["metrics"]:
+                text = await self.counters.render.remote()
+                return http.Response(text, media_type="text/plain; version=0.0.4")
+            if len(parts) >= 2 and parts[0] in ("explanations", "models") and parts[1] in self.models:
+                handle = self.models[parts[1]]
+                if parts[0] == "models":
+                    return http.json_response(200, [await handle.describe.remote()])
+                incoming = await http.incoming(request, max_body_bytes=self.max_body, key=self.key, explain=True)
+                return http.response(await handle.answer.remote(incoming))
+        except http.Refused as refused:
+            return http.response(refused.reply)
+        name = parts[1] if len(parts) >= 2 else "/".join(parts)
+        return http.json_response(404, {"code": 404, "type": "ModelNotFoundException",
+                                        "message": f"Model not found: {name}"})
+
+
+def model_app(args: dict):
+    """The application of one model: ``args`` as ``ModelServer`` takes them (the launcher's Serve config);
+    ``code_version`` only marks the code the config was written for (a new one rolls the replicas)."""
+    return ModelServer.bind(**{key: value for key, value in args.items() if key != "code_version"})
+
+
+def front_app(args: dict):
+    """The front application: ``args`` {"models": [...], "key_file": ..., "max_body_bytes": ...}."""
+    return Front.bind(**{key: value for key, value in args.items() if key != "code_version"})
+
