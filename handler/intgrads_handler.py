@@ -1,34 +1,20 @@
 """TorchServe handler for intgrads: glue between TorchServe and :class:`intgrads.serving.service.AttributionService`
 (the ``intgrads`` package packed in the archive), which does everything that is not TorchServe's.
 
-The archive's ``model-config.yaml`` carries, besides TorchServe's own keys, an ``intgrads:`` section written
-by the launcher at archive time::
+The archive's ``model-config.yaml`` carries, besides TorchServe's own keys, an ``intgrads:`` section written by
+the launcher (``intgrads.launcher.archive.archive_settings``: family, weights, config, tokenizer, device, torch
+threads, request defaults and limits). Environment set by the launcher for a run: ``INTGRADS_TORCH_THREADS``,
+``INTGRADS_MAX_RESPONSE_BYTES``, the hand-off directory (``INTGRADS_HANDOFF_*``); ``INTGRADS_REUSE_MEMORY=0``
+keeps glibc's default memory handling; ``INTGRADS_PIECE_BYTES`` sizes a streamed body's pieces (0: whole).
 
-    intgrads:
-      family: bert                 # bert | xlnet-base | xlnet-large | hf
-      weights: weights/model.pth   # inside the archive (a directory for hf)
-      config: config/config.json   # or null
-      tokenizer: tokenizer         # or null (family default; hf: the weights directory)
-      layer: null
-      device: cpu                  # cpu | cuda (each worker then runs on its own gpu_id)
-      torch_threads: 0             # 0: cores / workers
-      defaults: {target: 1, n_steps: 50, method: gausslegendre, baseline: zero, ...}
-      limits: {max_steps: 500, max_tokens: 512, max_sequences: 16, max_chars: 100000, max_response_bytes: ...,
-               gzip_level: 1}   # 0: stored gzip (the launcher's default with --cuda)
-
-Environment (set by the launcher for a run): ``INTGRADS_TORCH_THREADS``, ``INTGRADS_MAX_RESPONSE_BYTES``, the
-hand-off directory (``INTGRADS_HANDOFF_*``); ``INTGRADS_REUSE_MEMORY=0`` keeps glibc's default memory handling;
-``INTGRADS_PIECE_BYTES`` the size of a streamed body's pieces (0: whole bodies).
-
-The glue: each request of a TorchServe batch becomes an ``Incoming`` (its parts and headers; TorchServe does not
-pass the query string), the service runs the batch unit by unit, and each reply is set on the context (status,
-content type, headers) and recorded as TorchServe metrics. While other units of the batch still have to run, a
-finished unit's answers go out at once as TorchServe's streamed (intermediate) responses: the client has its
-answer sooner, and TorchServe, which times each message from the worker, gives the next unit a response timeout
-of its own. Errors wait for the batch's end (TorchServe closes the connection after the head of a streamed
-response of status 400 or more). The last unit's gzip bodies go out in pieces the same way (TorchServe's frontend
-moves big single frames 1.5-4.5x slower per MB, docs/benchmarks.md, part 10). KServe's envelope wraps only the
-final response: there the batch shares one timeout.
+Each request of a TorchServe batch becomes an ``Incoming`` (its parts and headers; TorchServe does not pass the
+query string), the service runs the batch unit by unit, and each reply is set on the context (status, content
+type, headers) and counted as TorchServe metrics. While other units of the batch still have to run, a finished
+unit's answers go out at once as TorchServe's streamed (intermediate) responses: TorchServe times each message
+from the worker, so the next unit gets a response timeout of its own. Errors wait for the batch's end
+(TorchServe closes a streamed response of status 400 or more after its head). Big gzip bodies go out in pieces
+the same way (its frontend moves big single frames 1.5-4.5x slower per MB, docs/benchmarks.md, part 10).
+KServe's envelope wraps only the final response: there the batch shares one timeout.
 """
 
 from __future__ import annotations
@@ -50,13 +36,6 @@ logger = logging.getLogger(__name__)
 LOAD_ERROR_MARKER = "INTGRADS_LOAD_ERROR"
 
 
-def _read_yaml(path: Path) -> dict:
-    import yaml
-
-    with open(path, encoding="utf-8") as handle:
-        return yaml.safe_load(handle) or {}
-
-
 class IntgradsHandler:
     """initialize once per worker, then :meth:`handle` each batch."""
 
@@ -72,7 +51,9 @@ class IntgradsHandler:
         try:
             yaml_config = getattr(context, "model_yaml_config", None) or {}
             if not yaml_config.get("intgrads") and (model_dir / "model-config.yaml").is_file():
-                yaml_config = _read_yaml(model_dir / "model-config.yaml")
+                import yaml
+
+                yaml_config = yaml.safe_load((model_dir / "model-config.yaml").read_text(encoding="utf-8")) or {}
             settings = yaml_config.get("intgrads")
             if not settings:
                 raise ValueError("the archive's model-config.yaml has no 'intgrads' section: build the archive "

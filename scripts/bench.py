@@ -17,8 +17,8 @@
    gzip MB/s = raw ``torch.save`` bytes / encode seconds; the README snippet must load every variant; and
    (``scripts/bench_encode.py``) each gzip level with the zip's CRC-32s from torch vs from ISA-L;
 6. the answer path (``scripts/bench_answer_path.py``): a GPU-fast stand-in served with the launcher's and
-   ``intgrads-client``'s defaults vs computing, encoding and writing the same answers in process: wall and
-   host CPU per answer, by answer size (64 and 256 tokens);
+   ``intgrads-client``'s defaults, on TorchServe and on Ray Serve side by side, vs computing, encoding and writing
+   the same answers in process: wall and host CPU per answer, by answer size (64 and 256 tokens);
 7. reduced precision (``scripts/bench_precision.py``): bfloat16 and float16 against float32 on the demo model
    and the bert-base shape, seconds per sentence and fidelity (relative IG error, delta change, top-5 tokens);
 8. a TorchServe batch's requests run together (``scripts/bench_batching.py``): N sentences one by one vs one
@@ -37,7 +37,6 @@ import gzip
 import io
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -51,7 +50,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-import bench_engine  # noqa: E402  (run, make_bert, sentence_of, default_tokenizer, median_time)
+import bench_engine  # noqa: E402  (run, make_bert, sentence_of, median_time)
+from bench_common import default_tokenizer, free_port, machine  # noqa: E402
 
 GB = 1024 ** 3
 
@@ -101,23 +101,6 @@ def plot_engine(rows, path: str, title: str):
 
 
 # ----------------------------------------------------------------------------- parts 2 and 3 (HTTP)
-def free_port() -> int:
-    import socket
-
-    for base in range(18880, 19880, 10):
-        ok = True
-        for port in range(base, base + 5):
-            with socket.socket() as probe:
-                try:
-                    probe.bind(("127.0.0.1", port))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise RuntimeError("no free ports")
-
-
 class Server:
     """TorchServe started with the launcher on the seeded model; stopped with ``--stop``."""
 
@@ -397,23 +380,6 @@ def print_encoding(rows, tokens, steps):
 
 
 # ----------------------------------------------------------------------------- main
-def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import torch
-
-    out = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()}
-    if torch.cuda.is_available():
-        out["gpu"] = torch.cuda.get_device_name(0)
-    return out
-
-
 def launcher_default_chunk_tokens():
     from intgrads.launcher import build_parser
 
@@ -464,7 +430,7 @@ def main(argv=None) -> int:
         args.tokens = [16, 64] if args.quick else [16, 64, 256, 512]
     if args.quick:
         args.repeats, args.http_requests, args.tp_requests = 1, 2, 4
-    args.tokenizer = args.tokenizer or bench_engine.default_tokenizer()
+    args.tokenizer = args.tokenizer or default_tokenizer()
     results = {"machine": machine(), "command": " ".join([Path(sys.executable).name, "scripts/bench.py", *sys.argv[1:]]),
                "device": args.device, "steps": args.steps, "torch_threads": torch.get_num_threads()}
     print(f"machine: {results['machine']}; torch threads {torch.get_num_threads()}", flush=True)
@@ -569,7 +535,7 @@ def main(argv=None) -> int:
     if 6 in parts:
         import bench_answer_path
 
-        results["answer_path"] = [bench_answer_path.run(tokens, args.ap_count) for tokens in args.ap_tokens]
+        results["answer_path"] = [row for tokens in args.ap_tokens for row in bench_answer_path.run(tokens, args.ap_count)]
         bench_answer_path.print_rows(results["answer_path"])
         if args.ap_plot:
             bench_answer_path.plot(results["answer_path"], args.ap_plot)

@@ -40,7 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-TICK = os.sysconf("SC_CLK_TCK")
+from bench_common import default_tokenizer, free_port, proc_cpu, xlnet_tokenizer  # noqa: E402
+
 WORDS = ("the film was good and the plot was strange but the music felt bright while every scene seemed slow "
          "our dinner proved charming yet the cast remained honest").split()
 
@@ -67,23 +68,20 @@ def make_model(shape: str, work: Path) -> dict:
     """The model of ``shape``: its served name, launcher flags and ``load_model`` arguments."""
     import torch
 
-    import bench_engine
-    import gpu_check
-
     if shape == "stand-in":
-        directory = make_stand_in(work, bench_engine.default_tokenizer())
+        directory = make_stand_in(work, default_tokenizer())
         return {"name": "standin", "flags": ["--hf-model", str(directory), "--model-name", "standin"],
                 "family": "hf", "weights": directory, "config": None, "tokenizer": None}
     torch.manual_seed(0)
     if shape == "bert-base":
         from transformers import BertConfig, BertForSequenceClassification
 
-        name, flag, tokenizer = "bert", "-bp", Path(bench_engine.default_tokenizer())
+        name, flag, tokenizer = "bert", "-bp", Path(default_tokenizer())
         model = BertForSequenceClassification(BertConfig(num_labels=2))
     else:
         from transformers import XLNetConfig, XLNetForSequenceClassification
 
-        name, flag, tokenizer = "xlnet-large", "-xll", gpu_check.xlnet_tokenizer(work / "xlnet-tokenizer")
+        name, flag, tokenizer = "xlnet-large", "-xll", xlnet_tokenizer(work / "xlnet-tokenizer")
         model = XLNetForSequenceClassification(XLNetConfig(d_model=1024, n_layer=24, n_head=16, d_inner=4096,
                                                            num_labels=2))
     weights, config = work / f"{name}.pth", work / f"{name}-config.json"
@@ -114,15 +112,6 @@ def sentences(tokenizer, count: int, n_tokens: int) -> list[str]:
                 words.append("a")
         out.append(" ".join(words))
     return out
-
-
-def proc_cpu(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` so far (0 when it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def in_process(model: dict, texts: list[str], out: Path, chunk_tokens: int, device: str = "cpu") -> dict:
@@ -181,8 +170,6 @@ def fsync_seconds(path: Path, payload: bytes, repeats: int = 5) -> float:
 def served(model: dict, batches: dict, work: Path, extra_flags=(), client_flags=()) -> dict:
     """One server with the launcher's defaults (and ``extra_flags``); for each ``{tokens: texts}`` batch, one
     ``intgrads-client`` run with its defaults: {tokens: wall and host CPU of the client's run}."""
-    from bench import free_port
-
     port = free_port()
     run_dir = work / "run"
     env = dict(os.environ, TMPDIR=str(work))
@@ -197,17 +184,22 @@ def served(model: dict, batches: dict, work: Path, extra_flags=(), client_flags=
         state = json.loads((run_dir / "state.json").read_text())
         url = f"http://127.0.0.1:{port}/predictions/{model['name']}"
         client = [sys.executable, "-m", "intgrads.client", "--url", url, "--no-progress", *client_flags]
-        return {tokens: client_run(client, texts, work, env, [state["pid"], *state["worker_pids"]])
-                for tokens, texts in batches.items()}
+        if state.get("frontend") == "ray":   # every process of the run's Ray cluster counts as the server
+            from intgrads.launcher.ray_cluster import cluster_processes
+
+            pids, workers = list(cluster_processes(Path(state["ray_dir"]))), state["replicas"]
+        else:
+            pids, workers = [state["pid"], *state["worker_pids"]], len(state["worker_pids"])
+        return {tokens: client_run(client, texts, work, env, pids, workers) for tokens, texts in batches.items()}
     finally:
         subprocess.run(launcher + ["--stop", "-p", str(port), "--run-dir", str(run_dir)], env=env,
                        capture_output=True)
 
 
-def client_run(client: list, texts: list[str], work: Path, env: dict, pids: list[int]) -> dict:
+def client_run(client: list, texts: list[str], work: Path, env: dict, pids: list[int], workers: int) -> dict:
     """A warm-up run, then the timed run of ``texts``; the answers are deleted afterwards."""
     warm = work / "warm.txt"
-    warm.write_text("\n".join(texts[:2 * (len(pids) - 1)]) + "\n")
+    warm.write_text("\n".join(texts[:2 * workers]) + "\n")
     for folder in ("warm-out", "out"):
         shutil.rmtree(work / folder, ignore_errors=True)
     subprocess.run(client + [str(warm), "-o", str(work / "warm-out")], check=True, env=env, capture_output=True)
@@ -227,11 +219,12 @@ def client_run(client: list, texts: list[str], work: Path, env: dict, pids: list
     for folder in ("warm-out", "out"):
         shutil.rmtree(work / folder, ignore_errors=True)
     return {"wall": wall, "cpu": server_cpu + client_cpu, "server_cpu": server_cpu, "client_cpu": client_cpu,
-            "bytes": size, "workers": len(pids) - 1}
+            "bytes": size, "workers": workers}
 
 
-def run_shape(shape: str, tokens_list, counts, device: str = "cpu", layouts=((),), client_flags=()) -> list[dict]:
-    """In process, then served with each layout (a tuple of launcher flags), for each sentence length."""
+def run_shape(shape: str, tokens_list, counts, device: str = "cpu", layouts=((),), client_flags=(),
+              frontends=("torchserve",)) -> list[dict]:
+    """In process, then served with each layout (a tuple of launcher flags) on each front end, for each length."""
     from transformers import AutoTokenizer
 
     from intgrads.engine.models import load_tokenizer
@@ -252,12 +245,14 @@ def run_shape(shape: str, tokens_list, counts, device: str = "cpu", layouts=((),
         print(f"[answer path]   {json.dumps(local[tokens])}", flush=True)
         shutil.rmtree(work / "local", ignore_errors=True)
     rows = []
-    for flags in layouts:
-        print(f"[answer path] {shape}: served {' '.join(map(str, flags)) or '(defaults)'} ...", flush=True)
-        remote = served(model, batches, work, flags, client_flags)
-        print(f"[answer path]   {json.dumps(remote)}", flush=True)
-        rows += [make_row(shape, device, tokens, len(batches[tokens]), local[tokens], remote[tokens])
-                 for tokens in batches]
+    for frontend in frontends:
+        for flags in layouts:
+            flags = (*flags, "--frontend", frontend)
+            print(f"[answer path] {shape}: served {' '.join(map(str, flags))} ...", flush=True)
+            remote = served(model, batches, work, flags, client_flags)
+            print(f"[answer path]   {json.dumps(remote)}", flush=True)
+            rows += [dict(make_row(shape, device, tokens, len(batches[tokens]), local[tokens], remote[tokens]),
+                          frontend=frontend) for tokens in batches]
     shutil.rmtree(work, ignore_errors=True)
     return rows
 
@@ -284,17 +279,17 @@ def make_row(shape, device, tokens, count, local, remote) -> dict:
     return row
 
 
-def run(tokens: int, count: int, extra_flags=()) -> dict:
-    """The CPU stand-in at one sentence length (bench.py part 6)."""
-    return run_shape("stand-in", [tokens], [count], "cpu", (tuple(extra_flags),))[0]
+def run(tokens: int, count: int, extra_flags=(), frontends=("torchserve", "ray")) -> list[dict]:
+    """The CPU stand-in at one sentence length on each front end (bench.py part 6)."""
+    return run_shape("stand-in", [tokens], [count], "cpu", (tuple(extra_flags),), frontends=frontends)
 
 
 def print_rows(rows):
     print("\nanswer path: served (launcher + intgrads-client defaults) vs in process (compute + encode + write)")
-    print(f"{'shape':>11} {'tokens':>6} {'W':>2} {'MB':>6} | {'in-proc wall':>12} {'cpu':>7} | {'served wall':>11} "
+    print(f"{'front end':>10} {'shape':>11} {'tokens':>6} {'W':>2} {'MB':>6} | {'in-proc wall':>12} {'cpu':>7} | {'served wall':>11} "
           f"{'cpu':>7} ({'server':>6} {'client':>6}) | {'wall x':>6} {'cpu x':>6} | {'MB/s':>6} | {'sent/s':>6}")
     for r in rows:
-        print(f"{r['shape']:>11} {r['tokens']:>6} {r['workers']:>2} {r['answer_mb']:>6.1f} | "
+        print(f"{r.get('frontend', 'torchserve'):>10} {r['shape']:>11} {r['tokens']:>6} {r['workers']:>2} {r['answer_mb']:>6.1f} | "
               f"{r['in_process_wall_ms']:>10.0f}ms {r['in_process_cpu_ms']:>5.0f}ms"
               f" | {r['served_wall_ms']:>9.0f}ms {r['served_cpu_ms']:>5.0f}ms ({r['served_server_cpu_ms']:>4.0f}ms "
               f"{r['served_client_cpu_ms']:>4.0f}ms) | {r['wall_ratio']:>6.2f} {r['cpu_ratio']:>6.2f} | "
@@ -348,6 +343,8 @@ def main(argv=None) -> int:
     parser.add_argument("--plot")
     parser.add_argument("--body", action="store_true",
                         help="serve with --handoff-max-bytes 0: every answer in the HTTP body (for comparison)")
+    parser.add_argument("--frontends", nargs="+", choices=("torchserve", "ray"), default=["torchserve"],
+                        help="the front ends served, each with the launcher's defaults (side by side in one run)")
     parser.add_argument("--client-flags", default="",
                         help="extra intgrads-client flags, e.g. '--no-handoff --rebuild always' (compact bodies) "
                              "or '--no-handoff --rebuild never' (whole bodies)")
@@ -360,7 +357,8 @@ def main(argv=None) -> int:
         layouts = [("--cuda", "--workers-per-gpu", w, *flags) for w in args.workers_per_gpu]
     else:
         layouts = [flags]
-    rows = run_shape(args.shape, args.tokens, counts, args.device, layouts, tuple(args.client_flags.split()))
+    rows = run_shape(args.shape, args.tokens, counts, args.device, layouts, tuple(args.client_flags.split()),
+                     tuple(args.frontends))
     print_rows(rows)
     if args.plot:
         plot(rows, args.plot)

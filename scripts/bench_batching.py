@@ -56,13 +56,14 @@ def _timed(fn, device) -> float:
 
 
 def run(tokens: int, count: int, *, device: str = "cpu", steps: int = 50) -> dict:
+    import bench_common
     import bench_engine
 
     import intgrads
     from intgrads.engine.options import DEFAULT_CHUNK_TOKENS
 
     bundle = intgrads.load_model("bert", bench_engine.make_bert(Path(tempfile.mkdtemp())),
-                                 tokenizer=bench_engine.default_tokenizer(), device=device)
+                                 tokenizer=bench_common.default_tokenizer(), device=device)
     sentences = sentences_of(bundle.tokenizer, tokens, count)
     options = {"n_steps": steps, "chunk_tokens": DEFAULT_CHUNK_TOKENS}
     alone = [intgrads.attribute(bundle, sentence, **options) for sentence in sentences]
@@ -81,6 +82,7 @@ MIXED_TOKENS = (16, 24, 32, 48, 64, 96, 128, 16)
 
 def run_mixed(*, device: str = "cpu", steps: int = 20) -> dict:
     """One padded batch of MIXED_TOKENS-long sentences against the engine's buckets of similar length."""
+    import bench_common
     import bench_engine
 
     import intgrads
@@ -88,7 +90,7 @@ def run_mixed(*, device: str = "cpu", steps: int = 20) -> dict:
     from intgrads.engine.options import DEFAULT_CHUNK_TOKENS
 
     bundle = intgrads.load_model("bert", bench_engine.make_bert(Path(tempfile.mkdtemp())),
-                                 tokenizer=bench_engine.default_tokenizer(), device=device)
+                                 tokenizer=bench_common.default_tokenizer(), device=device)
     sentences = [sentences_of(bundle.tokenizer, tokens, 1)[0] for tokens in MIXED_TOKENS]
     options = {"n_steps": steps, "chunk_tokens": DEFAULT_CHUNK_TOKENS}
     intgrads.attribute(bundle, sentences[:1], **options)   # warm-up

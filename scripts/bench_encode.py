@@ -31,6 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import bench_common  # noqa: E402
 import bench_engine  # noqa: E402
 
 import intgrads  # noqa: E402
@@ -96,7 +97,7 @@ def main(argv=None) -> int:
     intgrads.reuse_freed_memory()
     with tempfile.TemporaryDirectory() as tmp:
         weights = bench_engine.make_bert(Path(tmp))
-        bundle = intgrads.load_model("bert", weights, tokenizer=bench_engine.default_tokenizer())
+        bundle = intgrads.load_model("bert", weights, tokenizer=bench_common.default_tokenizer())
     rows = [row for tokens in args.tokens for row in run(bundle, tokens, args.repeats)]
     print_rows(rows, args.repeats)
     if args.json:

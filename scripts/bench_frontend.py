@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""TorchServe's own byte path: one answer-sized body whole, or in pieces (streamed responses).
+"""The front ends' own byte paths: one answer-sized body whole, or in pieces (streamed responses), through
+TorchServe and through Ray Serve's proxy, side by side in one run.
 
 TorchServe's cost per MB grows with the size of a worker's response frame. A handler may instead send its answer in
 pieces with ``send_intermediate_predict_response`` (TorchServe's streamed responses: each piece is one frame from
@@ -10,7 +11,10 @@ one worker, TorchServe 0.12 on this machine's Java, and a client that reads each
 answer over ``--repeats`` requests after a warm-up, as MB/s of body, and the frontend's and the worker's CPU
 seconds per answer (``/proc/PID/stat``). The bytes are checked against the handler's.
 
-    .venv/bin/python scripts/bench_frontend.py --mb 16 64 128 --piece-mb 0 1 4 16 --json docs/bench_frontend_cpu.json
+The Ray rows (``--frontends ray``, bench_ray_bytes.py) answer the same bytes from a Serve app with one replica
+behind Ray's HTTP proxy; their "frontend" CPU is every process of that Ray cluster but the replica's.
+
+    .venv/bin/python scripts/bench_frontend.py --mb 16 64 128 --piece-mb 0 2 --json docs/bench_frontend_cpu.json
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
-from bench_answer_path import proc_cpu  # noqa: E402
+from bench_common import proc_cpu  # noqa: E402
 
 HANDLER = '''
 import hashlib, json, os
@@ -108,9 +112,9 @@ def frontend_pid(work: Path) -> int:
     return int((work / ".model_server.pid").read_text().split()[0])
 
 
-def one(mb: float, piece_mb: float) -> tuple[float, int, str, str]:
+def one(mb: float, piece_mb: float, port: int = 8391) -> tuple[float, int, str, str]:
     """One request: (wall seconds, body bytes, the body's sha256, the handler's sha256)."""
-    connection = http.client.HTTPConnection("127.0.0.1", 8391, timeout=600)
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
     started = time.perf_counter()
     connection.request("POST", "/predictions/bytes", body=json.dumps({"mb": mb, "piece_mb": piece_mb}),
                        headers={"Content-Type": "application/json"})
@@ -121,18 +125,68 @@ def one(mb: float, piece_mb: float) -> tuple[float, int, str, str]:
     return seconds, len(body), hashlib.sha256(body).hexdigest(), response.getheader("X-Sha256") or ""
 
 
-def measure(mb: float, piece_mb: float, repeats: int, pids: list[int]) -> dict:
-    one(mb, piece_mb)
+def measure(mb: float, piece_mb: float, repeats: int, frontend_pids: list[int], worker: int, port: int = 8391,
+            frontend: str = "torchserve") -> dict:
+    one(mb, piece_mb, port)
     times, checked = [], True
+    pids = [*frontend_pids, worker]
     cpu0 = [proc_cpu(pid) for pid in pids]
     for _ in range(repeats):
-        seconds, size, digest, expected = one(mb, piece_mb)
+        seconds, size, digest, expected = one(mb, piece_mb, port)
         times.append(seconds)
         checked &= size == int(mb * 1e6) and (not expected or digest == expected)
     cpu = [(proc_cpu(pid) - before) / repeats for pid, before in zip(pids, cpu0)]
     median = statistics.median(times)
-    return {"mb": mb, "piece_mb": piece_mb, "seconds": median, "mb_per_s": mb / median,
-            "frontend_cpu": cpu[0], "worker_cpu": cpu[1], "bytes_checked": bool(checked)}
+    return {"frontend": frontend, "mb": mb, "piece_mb": piece_mb, "seconds": median, "mb_per_s": mb / median,
+            "frontend_cpu": sum(cpu[:-1]), "worker_cpu": cpu[-1], "bytes_checked": bool(checked)}
+
+
+def report(row: dict):
+    piece = row["piece_mb"]
+    print(f"{row['frontend']:>10} {row['mb']:>6.0f} MB  {'whole' if not piece else f'{piece:g} MB pieces':>14}: "
+          f"{row['seconds'] * 1e3:8.0f} ms  {row['mb_per_s']:6.0f} MB/s  frontend CPU "
+          f"{row['frontend_cpu'] * 1e3:6.0f} ms  worker CPU {row['worker_cpu'] * 1e3:6.0f} ms  "
+          f"bytes {'ok' if row['bytes_checked'] else 'WRONG'}", flush=True)
+
+
+def sizes(args):
+    return [(mb, piece) for mb in args.mb for piece in args.piece_mb if not (piece and piece >= mb)]
+
+
+def run_torchserve(args) -> list[dict]:
+    rows = []
+    with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR", "/tmp")) as tmp:
+        work = Path(tmp)
+        store = build(work)
+        env, worker = start(work, store)
+        try:
+            for mb, piece in sizes(args):
+                rows.append(measure(mb, piece, args.repeats, [frontend_pid(work)], worker))
+                report(rows[-1])
+        finally:
+            subprocess.run([str(Path(sys.executable).parent / "torchserve"), "--stop"], env=env, cwd=work,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return rows
+
+
+def run_ray(args, port: int = 8394) -> list[dict]:
+    from bench_ray_bytes import RayBytes, wait_ready
+
+    app = RayBytes(port)
+    rows = []
+    try:
+        app.start()
+        wait_ready(port)
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        connection.request("POST", "/predictions/bytes", body=json.dumps({"mb": 0.001}))
+        replica = int(connection.getresponse().getheader("X-Pid"))
+        for mb, piece in sizes(args):
+            proxy_side, _ = app.pids(replica)
+            rows.append(measure(mb, piece, args.repeats, proxy_side, replica, port, "ray"))
+            report(rows[-1])
+    finally:
+        app.stop()
+    return rows
 
 
 def main(argv=None) -> int:
@@ -140,28 +194,12 @@ def main(argv=None) -> int:
     parser.add_argument("--mb", type=float, nargs="+", default=[16, 64, 128])
     parser.add_argument("--piece-mb", type=float, nargs="+", default=[0, 1, 4, 16])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--frontends", nargs="+", choices=("torchserve", "ray"), default=["torchserve", "ray"])
     parser.add_argument("--json")
     args = parser.parse_args(argv)
     rows = []
-    with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR", "/tmp")) as tmp:
-        work = Path(tmp)
-        store = build(work)
-        env, worker = start(work, store)
-        try:
-            pids = [frontend_pid(work), worker]
-            for mb in args.mb:
-                for piece in args.piece_mb:
-                    if piece and piece >= mb:
-                        continue
-                    rows.append(measure(mb, piece, args.repeats, pids))
-                    row = rows[-1]
-                    print(f"{mb:>6.0f} MB  {'whole' if not piece else f'{piece:g} MB pieces':>14}: "
-                          f"{row['seconds'] * 1e3:8.0f} ms  {row['mb_per_s']:6.0f} MB/s  frontend CPU "
-                          f"{row['frontend_cpu'] * 1e3:6.0f} ms  worker CPU {row['worker_cpu'] * 1e3:6.0f} ms  "
-                          f"bytes {'ok' if row['bytes_checked'] else 'WRONG'}", flush=True)
-        finally:
-            subprocess.run([str(Path(sys.executable).parent / "torchserve"), "--stop"], env=env, cwd=work,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for frontend in args.frontends:
+        rows += run_torchserve(args) if frontend == "torchserve" else run_ray(args)
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows}, indent=2) + "\n")
     return 0

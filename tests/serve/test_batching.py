@@ -67,3 +67,33 @@ def test_length_buckets_bound_the_padding():
         assert longest <= PAD_RATIO * shortest + PAD_SLACK
     assert sorted(i for bucket in buckets for i in bucket) == list(range(len(lengths)))
     assert length_buckets([]) == [] and length_buckets([7, 7, 7]) == [[0, 1, 2]]
+
+
+def test_the_service_answers_504_at_its_deadline_and_413_over_its_budget(bert_files):
+    """What every front end gets from the service: work over the budget refused before any work (413), and a
+    request past the deadline (the response timeout less min(10 s, a quarter) from the start of its work)
+    stopped with a 504 JSON, the service free for the next one."""
+    import json
+    import time
+
+    import intgrads
+    from intgrads.serving.service import AttributionService, Incoming
+
+    bundle = intgrads.load_model("bert", bert_files.weights, config=bert_files.config, tokenizer=bert_files.tokenizer)
+    text = " ".join(["a long and winding review of a film"] * 14)
+
+    def ask(service, **fields):   # the JSON summary: no answer too big to send
+        body = json.dumps({"sequence": text, **fields}).encode()
+        return service.answer(Incoming({"body": body}, {"content-type": "application/json",
+                                                        "accept": "application/json"}))
+
+    budgeted = AttributionService(bundle, response_timeout=4)            # 15 G/s x 1 thread x 2 s = 30 G
+    over = ask(budgeted, n_steps=400)
+    assert over.status == 413 and json.loads(over.body)["max_work_gmac"] == 30.0
+    timed = AttributionService(bundle, response_timeout=4, limits={"max_work": 0, "max_steps": 1000,
+                                                                      "chunk_tokens": 400})
+    started = time.monotonic()
+    late = ask(timed, n_steps=1000)
+    assert late.status == 504 and "ran out of time" in json.loads(late.body)["error"]
+    assert 2.5 < time.monotonic() - started < 4.5                         # stopped at 4 - min(10, 1) = 3 s
+    assert ask(timed, n_steps=4).status == 200

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import requests
 import torch
+import yaml
 
 import intgrads
 from intgrads.client import Client, read_index
@@ -158,6 +159,32 @@ def test_the_client_takes_files_and_streamed_answers(ray_server, tmp_path):
     for line in (1, 2, 3):
         assert gzip.decompress((tmp_path / "out" / f"{line:06d}.gzip").read_bytes()) == \
             gzip.decompress((tmp_path / "bodies" / f"{line:06d}.gzip").read_bytes())
+
+
+def test_the_kuberay_export_holds_the_config_the_launcher_deployed(ray_server, tmp_path):
+    """scripts/export_kuberay.py with the README command's flags: its RayService's serveConfigV2 holds the same
+    applications the launcher deployed here, but for where the archives are (the volume's) and the hand-off
+    folder (a cluster has none)."""
+    from intgrads.system import usable_cores
+
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "export_kuberay.py"), "--demo", "-o",
+                             str(tmp_path / "out"), "--node-cpus", str(usable_cores()), "--nodes", "1"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    manifest = yaml.safe_load((tmp_path / "out" / "rayservice.yaml").read_text())
+    assert manifest["kind"] == "RayService" and (tmp_path / "out" / "model-store" / "demo.mar").is_file()
+    exported = yaml.safe_load(manifest["spec"]["serveConfigV2"])["applications"]
+    deployed = {app["name"]: app for app in ray_server.dashboard().applications()}
+
+    def comparable(app):
+        args = {key: value for key, value in app["args"].items() if key not in ("handoff_dir", "handoff_max_bytes")}
+        if "archive" in args:
+            args["archive"] = Path(args["archive"]).name
+        return {**app, "args": args}
+
+    assert [app["name"] for app in exported] == ["demo", "intgrads"]
+    for app in exported:
+        assert comparable(app) == comparable(deployed[app["name"]]), app["name"]
 
 
 def _start_second_node(ray_server) -> RayPorts:

@@ -113,3 +113,67 @@ def test_query_strings_and_gets_are_answered_with_where_options_go():
     with pytest.raises(RequestError) as both:
         parse_request({"body": b'{"sequence": "good"}', "n_steps": "5"}, JSON)
     assert "n_steps" in both.value.message and "not in the URL's query string" in both.value.message
+
+
+def test_query_string_options_join_the_body():
+    """A front end that sees the query string (Ray) passes it on: its fields join the body's, typed as form fields;
+    the same field twice, or with two values in the query and the body, is a 400."""
+    joined = parse_request({"body": b'{"sequence": "good"}'}, JSON, query=[("n_steps", "7"), ("method", "riemann_left")])
+    assert joined.options["n_steps"] == 7 and joined.options["method"] == "riemann_left"
+    same = parse_request({"body": b'{"sequence": "good", "n_steps": 7}'}, JSON, query=[("n_steps", "7")])
+    assert same.options["n_steps"] == 7
+    only_query = parse_request({}, {}, query=[("sequence", "a fine film"), ("n_steps", "3")])
+    assert only_query.sequences == ["a fine film"] and only_query.options["n_steps"] == 3
+    for query, body, words in (([("n_steps", "7")], b'{"sequence": "good", "n_steps": 8}', "is 7 in the query string and 8"),
+                               ([("n_steps", "7"), ("n_steps", "8")], b'{"sequence": "good"}', "given twice"),
+                               ([("colour", "red")], b'{"sequence": "good"}', "in the query string")):
+        with pytest.raises(RequestError, match=words):
+            parse_request({"body": body}, JSON, query=query)
+    with pytest.raises(RequestError) as refused:   # TorchServe's view (no query) keeps its hint
+        parse_request({"body": b""}, JSON)
+    assert "query string" in refused.value.message
+
+
+def test_raw_bodies_become_the_parts_a_handler_reads():
+    from intgrads.serving.body import body_parts
+
+    form = "application/x-www-form-urlencoded"
+    parts, kind = body_parts(b'{"sequence": "good"}', form)          # the old tool's bare curl -d
+    assert parts == {"body": b'{"sequence": "good"}'} and kind == "application/json"
+    assert parse_request(parts, {"content-type": kind}).sequences == ["good"]
+    parts, kind = body_parts(b"sequence=a+fine+film&n_steps=3", form)
+    assert parts == {"sequence": b"a fine film", "n_steps": b"3"} and kind == form
+    assert parse_request(parts, {"content-type": kind}).options["n_steps"] == 3
+    with pytest.raises(RequestError, match="gives 'sequence' twice"):
+        body_parts(b"sequence=a&sequence=b", form)
+    with pytest.raises(RequestError, match="not valid UTF-8"):
+        body_parts(b"sequence=%ff", form)
+    multipart = (b"--XX\r\nContent-Disposition: form-data; name=\"sequence\"\r\n\r\na fine film\r\n"
+                 b"--XX\r\nContent-Disposition: form-data; name=\"n_steps\"\r\n\r\n5\r\n--XX--\r\n")
+    parts, _ = body_parts(multipart, "multipart/form-data; boundary=XX")
+    assert parts == {"sequence": b"a fine film", "n_steps": b"5"}
+    assert body_parts(b"just text", "text/plain") == ({"body": b"just text"}, "text/plain")
+    assert body_parts(b"", "application/json") == ({}, "application/json")
+
+
+def test_a_caller_on_another_machine_needs_the_key():
+    """The Ray front end's check, on real Starlette requests: callers on this machine pass; others need
+    ``Authorization: Bearer KEY``, refused like TorchServe's token check (the client stops on it)."""
+    pytest.importorskip("ray")
+    from starlette.requests import Request
+
+    from intgrads.rayserve.http import Refused, check_key
+
+    def request(host, authorization=None):
+        headers = [(b"authorization", authorization.encode())] if authorization else []
+        return Request({"type": "http", "method": "POST", "path": "/predictions/demo", "headers": headers,
+                        "client": (host, 50000), "query_string": b""})
+
+    check_key(request("127.0.0.1"), "k3y")
+    check_key(request("::1"), "k3y")
+    check_key(request("192.0.2.9"), None)          # no key set: nothing asked
+    check_key(request("192.0.2.9", "Bearer k3y"), "k3y")
+    for sent in (None, "Bearer wrong", "k3y"):
+        with pytest.raises(Refused) as refused:
+            check_key(request("192.0.2.9", sent), "k3y")
+        assert refused.value.reply.status == 401 and "Token Authorization failed" in refused.value.reply.body
