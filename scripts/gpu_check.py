@@ -164,8 +164,9 @@ def main(argv=None) -> int:
              f"bert={models['bert'][2]}", "-xlb", models["xlnet-base"][0], "--tokenizer",
              f"xlnet-base={models['xlnet-base'][1]}", "--config", f"xlnet-base={models['xlnet-base'][2]}",
              "-p", port, "--model-store", work / "store", "--run-dir", work / "run"]
-    per_model = args.workers_per_gpu if args.device == "cuda" else 1
-    flags += ["--cuda", "--workers-per-gpu", args.workers_per_gpu] if args.device == "cuda" else ["--workers", 1]
+    # on CPU one worker per model (Ray: two, sharing the cores, so that one can go and come back)
+    per_model = args.workers_per_gpu if args.device == "cuda" else (2 if args.frontend == "ray" else 1)
+    flags += ["--cuda", "--workers-per-gpu", args.workers_per_gpu] if args.device == "cuda" else ["--workers", per_model]
     flags += ["--frontend", args.frontend]
     launcher = [sys.executable, "-m", "intgrads.launcher"]
     started = time.time()

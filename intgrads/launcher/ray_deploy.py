@@ -101,6 +101,18 @@ class Dashboard:
     def details(self) -> dict:
         return self._call("GET")
 
+    def wait_answering(self, timeout: float = 120) -> None:
+        """Wait until the dashboard answers (``ray start`` returns before its HTTP server listens)."""
+        deadline = time.time() + timeout
+        while True:
+            try:
+                self.details()
+                return
+            except (urllib.error.URLError, OSError, ValueError) as error:
+                if isinstance(error, urllib.error.HTTPError) or time.time() > deadline:
+                    raise LaunchError(f"the Ray dashboard at {self.url} did not answer ({error})") from None
+                time.sleep(0.5)
+
     def applications(self) -> list[dict]:
         """The declared applications now (each as it was sent)."""
         apps = (self.details().get("applications") or {}).values()

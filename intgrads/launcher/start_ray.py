@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..system import usable_cores
+from ..system import sweep_orphans, usable_cores
 from . import ray_cluster, ray_deploy
 from .archive import build_archive
 from .cli import check_flags, resolve_workers
@@ -31,6 +31,7 @@ from .start import EXAMPLE_SENTENCE, check_cuda, refuse_planted
 from .tsconfig import is_loopback, public_host, read_properties, url_host
 
 MAX_RAY_FOLDER = 46   # Ray's socket paths add ~61 bytes to its folder; sun_path holds 107
+UNPACKED_PREFIX = "intgrads-model-"   # where a replica unpacks its archive (intgrads.rayserve.app), in the temp folder
 
 
 def ray_folder(paths: RunPaths) -> Path:
@@ -98,7 +99,7 @@ def start_ray(args) -> int:
         state["applications"] = [app["name"] for app in apps]
         paths.state.write_text(json.dumps(state, indent=1), encoding="utf-8")
         details = dashboard.wait_ready(apps, args.ready_timeout, on_failure=lambda: _log_tail(state))
-    except (LaunchError, KeyboardInterrupt):
+    except BaseException:   # nothing of a start that failed is left running
         stop_ray(paths, quiet=True)
         raise
     state["replica_pids"] = {name: ray_deploy.replica_pids(details, name) for name in archives}
@@ -115,7 +116,9 @@ def _cluster(args, paths: RunPaths, state: dict) -> ray_deploy.Dashboard:
         token = Path(token_file).read_text().strip() if token_file else None
         address = args.ray_address.removeprefix("http://").rstrip("/")
         state.update(own_cluster=False, dashboard=address, token_file=token_file)
-        return ray_deploy.Dashboard(address, token)
+        dashboard = ray_deploy.Dashboard(address, token)
+        dashboard.wait_answering(30)
+        return dashboard
     folder = ray_folder(paths)
     token_path = ray_cluster.make_token(paths.private / "ray_token")
     ports = ray_cluster.free_block(args.port)
@@ -125,7 +128,9 @@ def _cluster(args, paths: RunPaths, state: dict) -> ray_deploy.Dashboard:
     paths.state.write_text(json.dumps(state, indent=1), encoding="utf-8")
     print(f"intgrads: starting a Ray head (token auth, its files in {folder})", flush=True)
     ray_cluster.start_head(folder, ports, token_path, cpus=usable_cores(), gpus=gpus, log=paths.logs / "ray.out")
-    return ray_deploy.Dashboard(state["dashboard"], token_path.read_text().strip())
+    dashboard = ray_deploy.Dashboard(state["dashboard"], token_path.read_text().strip())
+    dashboard.wait_answering()
+    return dashboard
 
 
 def _applications(args, paths, state, specs, archives) -> list[dict]:
@@ -206,6 +211,7 @@ def stop_ray(paths: RunPaths, quiet: bool = False) -> bool:
             if not quiet:
                 print(f"intgrads: the cluster at {state['dashboard']} did not answer ({error})")
     remove_leftovers(paths)
+    sweep_orphans(Path(tempfile.gettempdir()), UNPACKED_PREFIX)   # the replicas' unpacked archives
     if state:
         state["stopped_at"] = time.time()
         paths.state.write_text(json.dumps(state, indent=1), encoding="utf-8")

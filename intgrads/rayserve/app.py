@@ -25,11 +25,13 @@ from ray import serve
 from starlette.requests import Request
 
 from ..serving.service import AttributionService
+from ..system import OWNER_FILE, sweep_orphans
 from . import http
 from .metrics import counters
 
 logger = logging.getLogger("ray.serve")
 DEFAULT_MAX_BODY = 1_048_576
+UNPACKED_PREFIX = "intgrads-model-"   # in the temp folder; intgrads.system.sweep_orphans removes the dead's
 
 
 def read_key(key_file: str | None) -> str | None:
@@ -40,10 +42,13 @@ def read_key(key_file: str | None) -> str | None:
 
 
 def open_archive(archive: str) -> tuple[Path, dict]:
-    """The ``.mar`` unpacked into a folder of this replica's own, and its model-config.yaml."""
+    """The ``.mar`` unpacked into a folder of this replica's own, and its model-config.yaml. The folder names its
+    replica's pid: folders of replicas that are gone (killed, or a cluster stopped) are removed first."""
     import yaml
 
-    folder = Path(tempfile.mkdtemp(prefix="intgrads-model-"))
+    sweep_orphans(Path(tempfile.gettempdir()), UNPACKED_PREFIX)
+    folder = Path(tempfile.mkdtemp(prefix=UNPACKED_PREFIX))
+    (folder / OWNER_FILE).write_text(str(os.getpid()))
     with zipfile.ZipFile(archive) as packed:
         packed.extractall(folder)
     with open(folder / "model-config.yaml", encoding="utf-8") as handle:

@@ -16,6 +16,7 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -262,6 +263,11 @@ def test_the_readme_ray_commands_and_stop_leave_no_ray_process(ray_server):
     assert any("IntgradsRequests{" in out for out in outputs.values())
     assert any("scaled to 1 replica" in out for out in outputs.values())
     assert cluster_processes(Path(state["ray_dir"])) == {}   # the head and the second node: nothing left
+    from intgrads.system import OWNER_FILE, pid_alive
+
+    unpacked = [folder for folder in Path(tempfile.gettempdir()).glob("intgrads-model-*")
+                if (folder / OWNER_FILE).is_file() and not pid_alive(int((folder / OWNER_FILE).read_text()))]
+    assert unpacked == []   # the replicas' unpacked archives went with them
     assert not (ray_server.run_dir / "private").exists() and not (ray_server.run_dir / "handoff").exists()
     for name in MADE:
         (ROOT / name).unlink(missing_ok=True)
