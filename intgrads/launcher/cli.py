@@ -198,6 +198,16 @@ def check_flags(args):
         raise LaunchError("--max-batch-delay must be 0 or more", code=2)
     if (args.ray_address or args.ray_token_file) and args.frontend != "ray":
         raise LaunchError("--ray-address and --ray-token-file go with --frontend ray", code=2)
+    if args.frontend == "ray":
+        torchserve_only = [flag for flag, given in (("--batch-size", args.batch_size != 1),
+                                                    ("--management-port", args.management_port is not None),
+                                                    ("--metrics-port", args.metrics_port is not None),
+                                                    ("--token-expiration-min", args.token_expiration_min is not None))
+                           if given]
+        if torchserve_only:
+            raise LaunchError(f"{', '.join(torchserve_only)}: TorchServe's, not Ray Serve's (a replica answers one "
+                              "request at a time; metrics and scaling go through the inference port and --scale)",
+                              code=2)
     check_defaults(args)
 
 

@@ -250,3 +250,11 @@ def test_a_planted_link_in_the_run_directory_is_refused(tmp_path):
     assert result.returncode == 2, result.stdout + result.stderr
     assert f"{run / 'handoff'} is a symbolic link" in result.stderr and "Traceback" not in result.stderr
     assert (run / "handoff").is_symlink() and (tmp_path / "elsewhere").is_dir()   # neither followed nor removed
+
+
+def test_torchserve_only_flags_are_refused_on_ray(tmp_path):
+    for flags in (["--batch-size", "4"], ["--metrics-port", "9999"], ["--ray-address", "127.0.0.1:8265"]):
+        frontend = [] if flags[0] == "--ray-address" else ["--frontend", "ray"]
+        result = run_launcher(["--demo", *frontend, *flags, "-p", free_port_block()], cwd=tmp_path,
+                              env=launcher_env(tmp_path), timeout=120)
+        assert result.returncode == 2 and flags[0] in result.stderr, result.stderr
