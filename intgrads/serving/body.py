@@ -20,7 +20,7 @@ import email.parser
 import email.policy
 from urllib.parse import parse_qsl
 
-from .request import RequestError
+from .request import RequestError, fields_once
 
 FORM_TYPE = "application/x-www-form-urlencoded"
 MULTIPART_TYPE = "multipart/form-data"
@@ -45,22 +45,13 @@ def body_parts(raw: bytes, content_type: str) -> tuple[dict, str]:
     return {"body": raw}, content_type
 
 
-def _once(pairs) -> dict:
-    fields = {}
-    for name, value in pairs:
-        if name in fields:
-            raise RequestError(f"the form gives {name[:40]!r} twice: give each field once")
-        fields[name] = value
-    return fields
-
-
 def _form_fields(raw: bytes) -> dict:
     try:
         text = raw.decode("utf-8")
         pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=False, errors="strict")
     except UnicodeDecodeError as error:
         raise RequestError(f"the form is not valid UTF-8 (byte {error.start}): send text encoded as UTF-8") from None
-    return {name: value.encode("utf-8") for name, value in _once(pairs).items()}
+    return {name: value.encode("utf-8") for name, value in fields_once(pairs, "the form").items()}
 
 
 def _multipart_fields(raw: bytes, content_type: str) -> dict:
@@ -73,4 +64,4 @@ def _multipart_fields(raw: bytes, content_type: str) -> dict:
         name = part.get_param("name", header="content-disposition")
         if name:
             pairs.append((str(name), part.get_payload(decode=True) or b""))
-    return _once(pairs)
+    return fields_once(pairs, "the form")

@@ -203,14 +203,20 @@ def _body_fields(parts: dict, headers: dict, url: str, sees_query: bool = False)
     return decoded, False
 
 
-def _no_duplicate_keys(pairs) -> dict:
-    """json.loads' object hook: a key given twice is a 400, not "the last one wins"."""
+def fields_once(pairs, where: str) -> dict:
+    """(name, value) pairs as a dict; a name given twice is a 400 naming ``where`` ("the form"), not "the last
+    one wins"."""
     out = {}
     for key, value in pairs:
         if key in out:
-            raise RequestError(f"the JSON body gives {_show(key)} twice: give each field once")
+            raise RequestError(f"{where} gives {_show(key)} twice: give each field once")
         out[key] = value
     return out
+
+
+def _no_duplicate_keys(pairs) -> dict:
+    """json.loads' object hook."""
+    return fields_once(pairs, "the JSON body")
 
 
 def _json_type(value) -> str:
@@ -436,11 +442,7 @@ def _check_known(fields: dict, from_form: bool, url: str, where: str):
 
 def _query_fields(query) -> dict:
     """The query string's fields, typed as form fields are; a name given twice is a 400."""
-    fields = {}
-    for name, value in query or ():
-        if name in fields:
-            raise RequestError(f"{_show(name)} is given twice in the query string: give each field once")
-        fields[name] = value
+    fields = fields_once(query or (), "the query string")
     _check_known(fields, False, "", where=" in the query string")
     return {name: _form_value(name, value) for name, value in fields.items()}
 
