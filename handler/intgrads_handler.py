@@ -261,7 +261,7 @@ class IntgradsHandler:
             logger.exception("intgrads: request failed")
             return RequestError(f"internal error: {type(error).__name__}: {error}", status=500)
         seconds = time.perf_counter() - started
-        logger.info("intgrads: %d sentence(s), %d steps, %s in %.2f s", len(request.sequences),
+        logger.info("intgrads: %d sentence(s), %s steps, %s in %.2f s", len(request.sequences),
                     request.options["n_steps"], request.options["method"], seconds)
         return request, answer, seconds
 

@@ -22,13 +22,16 @@ import json
 import math
 from dataclasses import dataclass, field
 
-from ..answer.keys import DTYPE_NAMES, ENDPOINT_NAMES, HANDOFF_HEADER, HANDOFF_REQUEST, SENDABLE_NAMES
+from ..answer.keys import (DTYPE_NAMES, ENDPOINT_NAMES, HANDOFF_HEADER, HANDOFF_REQUEST, IDGI_NAMES, SENDABLE_NAMES,
+                           named_outputs)
+from ..engine.adaptive import AUTO, DEFAULT_MAX_STEPS, DEFAULT_TOLERANCE, MIN_MAX_STEPS
 from ..engine.baselines import BASELINES
 from ..engine.precision import PRECISIONS
 from ..engine.quadrature import METHODS, min_steps
 
 # The option fields a request may carry besides the sentence(s).
-OPTION_FIELDS = ("target", "n_steps", "method", "baseline", "keep_special_tokens", "internal_batch_size", "precision")
+OPTION_FIELDS = ("target", "n_steps", "method", "baseline", "keep_special_tokens", "internal_batch_size", "precision",
+                 "tolerance", "max_steps")   # the last two with n_steps "auto" only
 TEXT_FIELDS = ("sequence", "sequences")
 # How the answer is sent (not engine options): "dtype" of its float tensors, and which "outputs" it holds.
 ENCODING_FIELDS = ("dtype", "outputs")
@@ -60,6 +63,7 @@ class Request:
     sequences: list          # the sentences, in order
     single: bool             # "sequence" (one answer dict) rather than "sequences" (a list)
     options: dict            # target, n_steps, method, baseline, keep_special_tokens, internal_batch_size, precision
+    #                          (+ tolerance and max_steps with n_steps "auto"; endpoints / idgi when outputs name them)
     want_json: bool = False  # JSON summary instead of the gzip answer
     given: list = field(default_factory=list)   # the option names the client set
     encoding: dict = field(default_factory=dict)  # {"dtype": "float32"|"float16", "outputs": list|None}
@@ -223,7 +227,14 @@ def _json_type(value) -> str:
 def _form_value(name: str, value):
     """Form fields arrive as text: turn numbers and booleans into their types."""
     text = _decode_text(value, f"field {name!r}").strip()
-    if name in ("n_steps", "internal_batch_size"):
+    if name == "n_steps" and text.lower() == AUTO:
+        return AUTO
+    if name == "tolerance":
+        try:
+            return float(text)
+        except ValueError:
+            raise RequestError(f"tolerance must be a number between 0 and 1; got {text!r}") from None
+    if name in ("n_steps", "internal_batch_size", "max_steps"):
         if name == "internal_batch_size" and text.lower() in ("", "null", "none"):
             return None
         try:
@@ -314,12 +325,17 @@ def check_options(options: dict, *, num_labels: int, limits: dict) -> None:
         raise RequestError(f"method must be one of {', '.join(METHODS)}; got {_show(method)}")
     n_steps = options["n_steps"]
     low, high = min_steps(method), limits["max_steps"]
-    if not _is_int(n_steps):
-        raise RequestError(f"n_steps must be an integer from {low} to {high}; got {_show(n_steps)}")
-    if n_steps > high:
+    if n_steps == AUTO:
+        check_auto(options, high)
+    elif "tolerance" in options or "max_steps" in options:
+        raise RequestError("tolerance and max_steps go with \"n_steps\": \"auto\" (the engine then chooses the "
+                           f"steps); with n_steps {_show(n_steps)} leave them out")
+    elif not _is_int(n_steps):
+        raise RequestError(f"n_steps must be an integer from {low} to {high}, or \"{AUTO}\"; got {_show(n_steps)}")
+    elif n_steps > high:
         raise RequestError(f"n_steps is {n_steps}; this server takes at most {high} "
                            f"(ask for fewer steps, or start the server with a higher --max-steps)", status=413)
-    if n_steps < low:
+    elif n_steps < low:
         raise RequestError(f"n_steps must be an integer from {low} to {high} for method {method}; got {n_steps}")
     baseline = options["baseline"]
     if not isinstance(baseline, str) or baseline not in BASELINES:
@@ -333,6 +349,24 @@ def check_options(options: dict, *, num_labels: int, limits: dict) -> None:
     if not isinstance(precision, str) or precision not in PRECISIONS:
         raise RequestError(f"precision must be one of {', '.join(PRECISIONS)} (the arithmetic of the model's passes; "
                            f"the answer's dtype is the separate \"dtype\"); got {_show(precision)}")
+
+
+def check_auto(options: dict, high: int) -> None:
+    """n_steps "auto": ``tolerance`` (default 0.01) in (0, 1) and ``max_steps`` (default 128, or the server's
+    --max-steps when lower) from 9 to ``high``; the defaults are filled in."""
+    tolerance = options.setdefault("tolerance", DEFAULT_TOLERANCE)
+    if not (isinstance(tolerance, (int, float)) and not isinstance(tolerance, bool) and 0 < tolerance < 1):
+        raise RequestError(f"tolerance must be a number between 0 and 1, e.g. {DEFAULT_TOLERANCE}: the relative error "
+                           f"n_steps \"auto\" aims for; got {_show(tolerance)}")
+    if high < MIN_MAX_STEPS:
+        raise RequestError(f"n_steps \"auto\" starts with {MIN_MAX_STEPS} points and this server takes at most {high} "
+                           "(--max-steps): ask for a number of steps", status=413)
+    max_steps = options.setdefault("max_steps", min(DEFAULT_MAX_STEPS, high))
+    if not (_is_int(max_steps) and max_steps >= MIN_MAX_STEPS):
+        raise RequestError(f"max_steps must be an integer from {MIN_MAX_STEPS} to {high} (the most points n_steps "
+                           f"\"auto\" may use); got {_show(max_steps)}")
+    if max_steps > high:
+        raise RequestError(f"max_steps is {max_steps}; this server takes at most {high} (--max-steps)", status=413)
 
 
 def check_encoding(fields: dict) -> dict:
@@ -406,6 +440,8 @@ def parse_request(parts, headers=None, *, model_name: str = "MODEL", num_labels:
     encoding = check_encoding(fields)
     if set(encoding["outputs"] or ()) & set(ENDPOINT_NAMES):
         options["endpoints"] = True   # the engine then keeps x and b (layer_input, layer_baseline)
+    if set(encoding["outputs"] or ()) & set(IDGI_NAMES):
+        options["idgi"] = True        # the engine then computes IDGI
     return Request(encoding=encoding, sequences=sequences, single=single, options=options,
                    want_json=wants_json(headers, explain), given=given, handoff=wants_handoff(headers))
 

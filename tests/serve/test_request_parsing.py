@@ -62,17 +62,21 @@ def test_answer_size_estimate():
 
 
 def test_answer_size_estimate_follows_dtype_and_outputs():
-    # hand formula: float elements x bytes each, plus the fixed small part (64 bytes a token, 4096)
+    # hand formula: float elements x bytes each (step sizes, alphas and step outputs: 3 per step), plus the fixed
+    # small part (64 bytes a token, 4096)
     tokens, hidden, steps = 100, 768, 50
     small = 64 * tokens + 4096
-    full = 4 * (tokens * hidden * (2 * steps + 1) + steps + 2 * tokens) + small
+    full = 4 * (tokens * hidden * (2 * steps + 1) + 3 * steps + 2 * tokens) + small
     assert estimate_answer_bytes(tokens, hidden, steps) == full
     assert estimate_answer_bytes(tokens, hidden, steps, dtype="float16") == 2 * (full - small) // 4 + small
     no_intermediates = ["integrated_gradients", "intermediate_gradients", "step_sizes", "tokens"]
     assert estimate_answer_bytes(tokens, hidden, steps, outputs=no_intermediates) == \
-        4 * (tokens * hidden * (steps + 1) + steps + 2 * tokens) + small
+        4 * (tokens * hidden * (steps + 1) + 3 * steps + 2 * tokens) + small
     assert estimate_answer_bytes(tokens, hidden, steps, dtype="float16", outputs=["integrated_gradients"]) == \
-        2 * (tokens * hidden + steps + 2 * tokens) + small
+        2 * (tokens * hidden + 3 * steps + 2 * tokens) + small
+    # IDGI, only when named: one more (T, H) tensor and its (T,) sum
+    assert estimate_answer_bytes(tokens, hidden, steps, outputs=["integrated_gradients", "idgi"]) == \
+        4 * (2 * tokens * hidden + 3 * steps + 3 * tokens) + small
 
 
 def test_envelope_instance_with_typed_values_is_read_as_json():
