@@ -386,7 +386,7 @@ def check_encoding(fields: dict) -> dict:
             shown = ", ".join(_show(name) for name in unknown[:5])
             raise RequestError(f"unknown output(s) {shown}; outputs may name {', '.join(SENDABLE_NAMES)} "
                                "(the settings keys are always sent)")
-        outputs = list(dict.fromkeys(outputs))
+        outputs = named_outputs(outputs)
     return {"dtype": dtype, "outputs": outputs}
 
 
