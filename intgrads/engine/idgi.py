@@ -1,16 +1,16 @@
-"""IDGI: integrated-directional-gradient attributions from an answer's own path (no extra pass).
+"""IDGI (Important Direction Gradient Integration) attributions from an answer's own path (no extra pass).
 
-Yang, Wang and Bilen, "IDGI: A Framework to Eliminate Explanation Noise from Integrated Gradients", CVPR 2023.
-Integrated gradients spread each step's change of the output, F(z_(i+1)) - F(z_i), over the elements by
-g_i * (x - b); most of that spread is along directions that do not change F ("noise"). IDGI keeps only the
-part along the gradient itself: over the path points z_0 .. z_(N-1) in increasing alpha, with g_i = dF/dz at z_i,
+Yang, Wang and Bilgic, "IDGI: A Framework to Eliminate Explanation Noise from Integrated Gradients", CVPR 2023
+(arXiv:2303.14242). Integrated gradients spread each step's change of the output, F(z_(i+1)) - F(z_i), over the
+elements by g_i * (x - b); much of that spread is along directions that do not change F ("noise"). IDGI keeps
+only the part along the gradient itself: over the path points z_0 .. z_(N-1) in increasing alpha, with
+g_i = dF/dz at z_i,
 
-    idgi = sum_(i < N-1)  g_i * g_i * (F(z_(i+1)) - F(z_i)) / sum(g_i * g_i)        (elementwise; the sum over all
-                                                                                      of z's elements)
+    idgi = sum_(i < N-1)  g_i * g_i * (F(z_(i+1)) - F(z_i)) / sum(g_i * g_i)
 
-so that sum(idgi) = F(z_(N-1)) - F(z_0): each step's change is shared out in proportion to g_i^2. The answer's
-points are those of its rule (a fixed rule's or ``auto``'s), and the change it accounts for is between its
-first and last point, not between b and x.
+(elementwise; the sum in the denominator over all of z's elements), so that sum(idgi) = F(z_(N-1)) - F(z_0):
+each step's change is shared out in proportion to g_i^2. The answer's points are those of its rule (a fixed
+rule's or ``auto``'s), and the change it accounts for is between its first and last point, not between b and x.
 """
 
 from __future__ import annotations

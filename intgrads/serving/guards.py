@@ -68,7 +68,8 @@ def check_work(request, lengths, model, budget_gmac: float | None, response_time
             f"tokens x {said} on a {layers}-layer, {hidden}-wide model), more than the {budget_gmac:,.0f} G "
             f"this server takes on per request (--max-work; about half of its {response_timeout:.0f} s response "
             f"timeout): {SMALLER}{_or_cap(request.options)} (at most ~{fits} steps for this text), or split the "
-            "sentences over several requests", status=413, work_gmac=round(work, 1), max_work_gmac=round(budget_gmac, 1))
+            "sentences over several requests", status=413, work_gmac=round(work, 1),
+            max_work_gmac=round(budget_gmac, 1))
 
 
 def deadline_error(error: DeadlineExceeded, response_timeout: float) -> RequestError:

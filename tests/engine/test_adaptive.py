@@ -112,21 +112,6 @@ def test_non_finite_values_end_the_refinement():
 
 # ------------------------------------------------------------------------------------- the engine, oracles
 
-def _output_and_gradient(case, encoded, value, target):
-    """F_target and dF/d(layer output) with the layer's output replaced by ``value`` (1, T, H), plain autograd."""
-    value = value.detach().clone().requires_grad_()
-    handle = case.captum_layer.register_forward_hook(lambda module, args, output: value)
-    try:
-        with torch.no_grad():
-            words = case.word_embedding(encoded["input_ids"])
-        with torch.enable_grad():
-            logits = case.logits_from_words(words, *case._extra(encoded))
-            (grad,) = torch.autograd.grad(logits[0, target], value)
-    finally:
-        handle.remove()
-    return float(logits[0, target].detach()), grad
-
-
 @pytest.fixture(scope="module")
 def auto_answers(bundles):
     return {baseline: intgrads.attribute(bundles["bert"], SENTENCE, target=TARGET, n_steps="auto", baseline=baseline,
@@ -167,7 +152,7 @@ def test_auto_answer_identities_against_plain_autograd(cases, auto_answers):
     assert float(answer["step_sizes"].double().sum()) == pytest.approx(1.0, abs=1e-6)
     torch.testing.assert_close(answer["intermediates"], b + alphas.view(-1, 1, 1) * (x - b), rtol=1e-5, atol=1e-6)
     for k in range(0, steps, 4):
-        output, grad = _output_and_gradient(case, oracle["encoded"], answer["intermediates"][k:k + 1], TARGET)
+        output, grad = case.layer_output_and_gradient(oracle["encoded"], answer["intermediates"][k:k + 1], TARGET)
         assert float(answer["step_outputs"][k]) == pytest.approx(output, abs=1e-5)
         torch.testing.assert_close(answer["intermediate_gradients"][k], grad[0], rtol=1e-4, atol=1e-6)
     total = (answer["step_sizes"].double().view(-1, 1, 1) * answer["intermediate_gradients"].double()).sum(0)
@@ -185,7 +170,7 @@ def test_idgi_against_a_hand_loop(cases, bundles, auto_answers):
         encoded = case.encode(SENTENCE)
         outputs, squares = [], []
         for k in range(answer["n_steps"]):
-            output, grad = _output_and_gradient(case, encoded, answer["intermediates"][k:k + 1], TARGET)
+            output, grad = case.layer_output_and_gradient(encoded, answer["intermediates"][k:k + 1], TARGET)
             outputs.append(output)
             squares.append(grad[0].double() ** 2)
         expected = sum(squares[i] * (outputs[i + 1] - outputs[i]) / squares[i].sum()
@@ -209,7 +194,7 @@ def test_fixed_answers_gain_only_small_keys(cases, bundles):
     assert "tolerance" not in answer and "max_steps" not in answer and answer["method"] == "riemann_middle"
     encoded = cases["bert"].encode(SENTENCE)
     for k in (0, 4):
-        output, _ = _output_and_gradient(cases["bert"], encoded, answer["intermediates"][k:k + 1], TARGET)
+        output, _ = cases["bert"].layer_output_and_gradient(encoded, answer["intermediates"][k:k + 1], TARGET)
         assert float(answer["step_outputs"][k]) == pytest.approx(output, abs=1e-5)
 
 
