@@ -10,8 +10,8 @@ Gauss-Legendre reference computed by the same engine:
 - gradient evaluations per pair (the answer's ``gradient_evaluations``, plus its ``forward_evaluations`` / 3).
 
 Rows: every fixed rule (Gauss-Legendre and the four Riemann rules) at 8, 16, 32 and 50 steps, and ``auto`` at
-tolerances 0.05, 0.01 and 0.001. The wall time of ``auto`` at 0.01 and of 50 Gauss-Legendre steps (each
-baseline's sentences in one call) is printed beside.
+tolerances 0.05, 0.01 and 0.001. The wall time per pair of ``auto`` at 0.01 and of 50 Gauss-Legendre steps
+(each baseline's sentences in one call; the median of 3 interleaved repeats) is printed beside.
 
 Models (``--models``):
 
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 import tempfile
@@ -114,10 +115,13 @@ def summarize(label: str, rows: list, tolerance: float = GOAL) -> dict:
             "share_r_ok": sum(v <= tolerance for v in r) / len(r),
             "share_error_ok": sum(v <= tolerance for v in error) / len(error),
             "share_both_ok": sum(a <= tolerance and b <= tolerance for a, b in zip(r, error)) / len(r),
-            "tolerance": tolerance, "pairs_detail": rows}
+            "tolerance": tolerance,
+            "pairs_detail": {"columns": ["r", "error", "evaluations"],   # baseline-major: zero, pad, mask
+                             "rows": [[float(f"{row[key]:.4g}") for key in ("r", "error", "evaluations")]
+                                      for row in rows]}}
 
 
-def run(model: str, sentences, *, device: str = "cpu") -> dict:
+def run(model: str, sentences, *, device: str = "cpu", repeats: int = 3) -> dict:
     import intgrads
     from intgrads.engine.options import DEFAULT_CHUNK_TOKENS
 
@@ -143,12 +147,14 @@ def run(model: str, sentences, *, device: str = "cpu") -> dict:
     for tolerance in TOLERANCES:
         table.append(summarize(f"auto {tolerance:g}", rows_of(n_steps="auto", tolerance=tolerance), tolerance))
     print(f"  {model}: table done", flush=True)
-    seconds = {}
-    for label, options in (("auto 0.01", {"n_steps": "auto"}), ("gausslegendre 50", {"n_steps": 50})):
-        started = time.perf_counter()
-        for baseline in BASELINES:
-            attribute(baseline, **options)
-        seconds[label] = (time.perf_counter() - started) / (len(BASELINES) * len(sentences))
+    timings = {"auto 0.01": [], "gausslegendre 50": []}
+    for _ in range(repeats):   # interleaved, so that a busy machine slows both alike
+        for label, options in (("auto 0.01", {"n_steps": "auto"}), ("gausslegendre 50", {"n_steps": 50})):
+            started = time.perf_counter()
+            for baseline in BASELINES:
+                attribute(baseline, **options)
+            timings[label].append((time.perf_counter() - started) / (len(BASELINES) * len(sentences)))
+    seconds = {label: statistics.median(values) for label, values in timings.items()}
     tokens = [len(bundle.tokenizer(sentence)["input_ids"]) for sentence in sentences]
     return {"model": model, "device": str(bundle.device), "sentences": list(sentences), "baselines": BASELINES,
             "tokens": [min(tokens), max(tokens)], "reference_steps": REFERENCE_STEPS, "rows": table,
@@ -223,8 +229,9 @@ def main(argv=None) -> int:
     if args.json:
         from bench import machine
 
-        Path(args.json).write_text(json.dumps({"machine": machine(), "command": " ".join(sys.argv),
-                                               "results": results}, indent=2))
+        text = json.dumps({"machine": machine(), "command": " ".join(sys.argv), "results": results}, indent=1)
+        Path(args.json).write_text(re.sub(r"\[\s+([^\[\]{}]*?)\s+\]", lambda m: f"[{' '.join(m.group(1).split())}]",
+                                          text))   # innermost lists on one line each
     if args.plot:
         plot(results, args.plot)
     return 0
