@@ -14,12 +14,12 @@ rule over [0, 1]: on the benchmark's MiniLM pairs the cheapest passing levels av
 for a per-sentence best Gauss-Legendre n.
 
 **Nested rules.** On [-1, 1] the rule of level l has m_l = 2^(l+1) - 1 points, m = 1, 3, 7, 15, 31, 63: the midpoint,
-then each level the Kronrod-Patterson extension of the one before, m_l + 1 new points placed so that the rule
-is exact for polynomials of degree 1, 5, 11, 23, 47, 95 (Gauss 3 = the extension of the midpoint, Kronrod 7,
-Patterson 15, 31, 63; Patterson, Math. Comp. 22, 1968). The new points are the roots of the polynomial
-E of degree m_l + 1 with
+then each level the Kronrod-Patterson extension of the one before: to a rule of m points it adds m + 1, placed
+so that the rules are exact for polynomials of degree 1, 5, 11, 23, 47, 95 (Gauss 3 = the extension of the
+midpoint, Kronrod 7, Patterson 15, 31, 63; Patterson, Math. Comp. 22, 1968). The new points are the roots of the
+polynomial E of degree m + 1 with
 
-    integral_-1^1  E(x) x^k prod_j (x - x_j) dx = 0,    k = 0 .. m_l     (x_j: the level's points)
+    integral_-1^1  E(x) x^k prod_j (x - x_j) dx = 0,    k = 0 .. m     (x_j: the m points so far)
 
 and each level's weights are the interpolatory ones on its points (all positive). Every point of a level is
 a point of the next, so refining a panel reuses every gradient it has: ``gradient_evaluations == n_steps``.
@@ -37,10 +37,11 @@ accident, hence the milder power on the first level.
 
 **Completeness.** r = |sum_t A_t - (F(x) - F(b))| / max(|F(x) - F(b)|, R_FLOOR): measured, not estimated
 (the convergence delta relative to the change of the output). r alone misleads: errors of the tokens can cancel
-in the sum (at 8 Gauss-Legendre steps one pair had r = 0.009 and attributions 19% off), so both must pass.
+in the sum (at 8 Gauss-Legendre steps one demo-model pair had r = 0.0007 and attributions 18% off), so both
+must pass.
 
 **Stopping.** The points start at 3 per panel (9). While E > tolerance or r > tolerance, the panel with the
-largest E_p goes to its next level (2, 4, 8, 16 or 32 new points). The refinement stops short of the tolerance
+largest E_p goes to its next level (4, 8, 16 or 32 new points). The refinement stops short of the tolerance
 when the next level would pass ``max_steps`` or every panel has 63 points (``status`` then says so, and the
 engine warns, naming r and E), or when a value is not finite. On the benchmark (docs/benchmarks.md, part 11) this
 took 24.3 gradient evaluations on average at tolerance 0.01 on the real MiniLM (at most 37), every pair ending
