@@ -22,10 +22,15 @@
 7. reduced precision (``scripts/bench_precision.py``): bfloat16 and float16 against float32 on the demo model
    and the bert-base shape, seconds per sentence and fidelity (relative IG error, delta change, top-5 tokens);
 8. a TorchServe batch's requests run together (``scripts/bench_batching.py``): N sentences one by one vs one
-   padded engine call, sentences/s and the largest difference.
+   padded engine call, sentences/s and the largest difference;
+11. gradient evaluations for an accurate answer (``scripts/bench_steps.py``): r and the attribution error against a
+   512-step Gauss-Legendre reference for every fixed rule at 8/16/32/50 steps and ``n_steps="auto"`` at
+   tolerances 0.05/0.01/0.001, with the evaluations each took (the real MiniLM with a seeded head, the demo model
+   and the bert-base shape; zero, pad and mask baselines). Parts 9 and 10 of docs/benchmarks.md have their own
+   scripts.
 
 Prints a table per part; ``--json FILE`` saves everything; ``--plot FILE.png`` draws time per sentence vs
-tokens (part 1). ``--device cuda`` runs parts 1, 4, 5, 7 and 8 on the GPU. ``--quick`` is a short run.
+tokens (part 1). ``--device cuda`` runs parts 1, 4, 5, 7, 8 and 11 on the GPU. ``--quick`` is a short run.
 
     .venv/bin/python scripts/bench.py --json bench.json --plot docs/bench_cpu.png
 """
@@ -388,9 +393,9 @@ def launcher_default_chunk_tokens():
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu", help="cpu (all parts) or cuda (parts 1, 4, 5, 7, 8)")
+    parser.add_argument("--device", default="cpu", help="cpu (all parts) or cuda (parts 1, 4, 5, 7, 8, 11)")
     parser.add_argument("--quick", action="store_true", help="short run: 16/64 tokens, 1 repeat, fewer requests")
-    parser.add_argument("--parts", default="1,2,3,4,5,6,7,8", help="comma-separated parts to run (default all)")
+    parser.add_argument("--parts", default="1,2,3,4,5,6,7,8,11", help="comma-separated parts to run (default all)")
     parser.add_argument("--tokens", type=int, nargs="+", default=None, help="part 1 lengths (default 16 64 256 512)")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=3, help="part 1 repeats at <= 64 tokens")
@@ -425,7 +430,7 @@ def main(argv=None) -> int:
     cuda = args.device.startswith("cuda")
     parts = {int(p) for p in args.parts.split(",")}
     if cuda:
-        parts &= {1, 4, 5, 7, 8}
+        parts &= {1, 4, 5, 7, 8, 11}
     if args.tokens is None:
         args.tokens = [16, 64] if args.quick else [16, 64, 256, 512]
     if args.quick:
@@ -555,6 +560,14 @@ def main(argv=None) -> int:
 
         results["batching"] = [bench_batching.run(tokens, 8, device=args.device, steps=args.steps) for tokens in (16, 64)]
         bench_batching.print_rows(results["batching"])
+        save()
+    if 11 in parts:
+        import bench_steps
+
+        sentences = {"bert-base": 1 if args.quick else 3}
+        results["steps"] = [bench_steps.run(model, bench_steps.REVIEWS[:sentences.get(model, 6)], device=args.device)
+                            for model in ("minilm", "demo", "bert-base")]
+        bench_steps.print_rows(results["steps"])
         save()
     if args.json:
         print(f"\nresults: {args.json}")

@@ -417,6 +417,10 @@ class Case:
 
     def layer_gradient(self, encoded: dict, value: torch.Tensor, target: int) -> torch.Tensor:
         """d logit[target] / d(layer output) with the layer's output replaced by ``value`` (batch-first)."""
+        return self.layer_output_and_gradient(encoded, value, target)[1]
+
+    def layer_output_and_gradient(self, encoded: dict, value: torch.Tensor, target: int) -> tuple[float, torch.Tensor]:
+        """logit[target] and its gradient with respect to the layer's output, that output replaced by ``value``."""
         value = value.detach().clone().requires_grad_()
 
         def hook(module, args, output):
@@ -431,7 +435,7 @@ class Case:
                 (grad,) = torch.autograd.grad(logits[0, target], value)
         finally:
             handle.remove()
-        return grad
+        return float(logits[0, target].detach()), grad
 
 
 def _call_with_keywords(module: nn.Module):

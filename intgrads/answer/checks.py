@@ -12,7 +12,8 @@ an answer is written or rebuilt it goes through :func:`decode_checked`:
 - **A consistent answer** (:func:`check_answer`). With T the tokens, H the width and N = ``n_steps``::
 
       integrated_gradients (1, T, H)   intermediate_gradients (N, T, H)   intermediates (N, T, H)
-      layer_input, layer_baseline (1, T, H)   step_sizes (N, 1)   alphas (N,)   token_attributions (T,)
+      layer_input, layer_baseline, idgi (1, T, H)   step_sizes (N, 1)   alphas, step_outputs (N,)
+      token_attributions, idgi_token_attributions (T,)
       input_ids (1, T) int64   tokens: T strings   logits (1, C)
 
   every tensor that is there has its shape, a float dtype (int64 for the ids) and finite values where the
@@ -135,6 +136,8 @@ def check_answer(answer, *, compact: bool = False) -> None:
         raise AnswerInvalid(f"n_steps {steps} is too few for method {method}")
     hidden = _shape_of(answer, width, steps)
     _tensor(answer, "step_sizes", (steps, 1))
+    _tensor(answer, "step_outputs", (steps,))
+    _tensor(answer, "idgi_token_attributions", (width,))
     _check_rule(answer, method, steps, alphas)
     _check_numbers(answer)
     if compact:
@@ -150,7 +153,7 @@ def _shape_of(answer, width, steps):
     """The width H shared by the (., T, H) tensors, checking T and N on the way; None when there are none."""
     hidden = None
     for name, rows in (("integrated_gradients", 1), ("intermediate_gradients", steps), ("intermediates", steps),
-                       ("layer_input", 1), ("layer_baseline", 1)):
+                       ("layer_input", 1), ("layer_baseline", 1), ("idgi", 1)):
         value = _tensor(answer, name, (rows, width, hidden))
         if value is not None:
             hidden = value.shape[2]

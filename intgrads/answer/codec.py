@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .keys import DTYPE_NAMES, SENDABLE_NAMES
+from .keys import DTYPE_NAMES, SENDABLE_NAMES, named_outputs
 from .torchsave import save_bytes
 
 try:  # the same gzip format, written by ISA-L
@@ -38,8 +38,9 @@ assert tuple(DTYPES) == DTYPE_NAMES
 
 def prepare_answer(obj: Any, *, outputs=None, dtype: str | None = None) -> Any:
     """An answer (or list of answers) reduced to the keys in ``outputs`` (None: all; metadata keys are
-    always kept) with its floating-point tensors cast to ``dtype`` ("float32" or "float16"; None: as is).
-    Raises ValueError naming the allowed values for an unknown output name or dtype."""
+    always kept; "idgi" brings "idgi_token_attributions") with its floating-point tensors cast to ``dtype``
+    ("float32" or "float16"; None: as is). Raises ValueError naming the allowed values for an unknown output name
+    or dtype."""
     if isinstance(obj, list):
         return [prepare_answer(item, outputs=outputs, dtype=dtype) for item in obj]
     if outputs is not None:
@@ -47,6 +48,7 @@ def prepare_answer(obj: Any, *, outputs=None, dtype: str | None = None) -> Any:
         if unknown:
             raise ValueError(f"unknown output(s) {', '.join(map(repr, unknown))}; outputs may name "
                              f"{', '.join(SENDABLE_NAMES)}")
+        outputs = named_outputs(outputs)
     if dtype is not None and dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
     target = DTYPES.get(dtype)

@@ -5,14 +5,17 @@ gradients. A client that asks for ``outputs = COMPACT_OUTPUTS`` (every output bu
 path's ends ``layer_input`` = x and ``layer_baseline`` = b) gets about half the bytes, and
 :func:`rebuild_intermediates` turns that answer back into the one the server would have sent whole: the same
 keys in the same order, the intermediates computed by the engine's own :func:`~intgrads.engine.attribution.
-interpolate` from the answer's ``method`` and ``n_steps`` (so bitwise the server's for a float32 answer), x
-and b dropped.
+interpolate` at the answer's own ``alphas`` (``n_steps="auto"`` chose them; a fixed rule's are those of its
+``method`` and ``n_steps``, which an answer without ``alphas`` or with float16 ones falls back to), so bitwise the
+server's for a float32 answer, x and b dropped.
 """
 
 from __future__ import annotations
 
+import torch
+
 from ..engine.attribution import interpolate
-from ..engine.quadrature import step_sizes_and_alphas
+from ..engine.quadrature import METHODS, step_sizes_and_alphas
 from .keys import ENDPOINT_NAMES
 
 
@@ -30,9 +33,7 @@ def rebuild_intermediates(answer):
     if not is_compact(answer):
         raise ValueError("not a compact answer: it needs layer_input and layer_baseline and no intermediates")
     x, b = answer["layer_input"][0], answer["layer_baseline"][0]
-    _, alphas = step_sizes_and_alphas(answer["method"], answer["n_steps"])
-    # float32 answers: bitwise the server's; float16 ones: x and b were rounded first, so within float16 rounding
-    intermediates = interpolate(x.float(), b.float(), alphas).to(x.dtype)
+    intermediates = interpolate(x.float(), b.float(), path_alphas(answer)).to(x.dtype)
     out = {}
     for key, value in answer.items():
         if key in ENDPOINT_NAMES:
@@ -42,3 +43,15 @@ def rebuild_intermediates(answer):
             out["intermediates"] = intermediates
     out.setdefault("intermediates", intermediates)
     return out
+
+
+def path_alphas(answer) -> list[float]:
+    """The answer's path positions a_k, in its rows' order: its ``alphas`` when they are float32 (an answer of
+    n_steps "auto" has no other source), else those of its fixed rule (the exact ones, not float16's)."""
+    alphas = answer.get("alphas")
+    if alphas is not None and (alphas.dtype == torch.float32 or answer.get("method") not in METHODS):
+        return alphas.float().tolist()
+    if answer.get("method") not in METHODS:
+        raise ValueError(f"the answer's points are not a fixed rule's (method {answer.get('method')!r}) and it carries "
+                         "no alphas: ask for them with the other outputs")
+    return step_sizes_and_alphas(answer["method"], answer["n_steps"])[1]

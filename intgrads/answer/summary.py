@@ -25,8 +25,8 @@ def summarize_answer(answer: dict) -> dict:
     }
 
 
-INDEX_KEYS = ("predicted", "label", "probability", "target", "n_steps", "method", "baseline", "precision",
-              "convergence_delta", "warnings")
+INDEX_KEYS = ("predicted", "label", "probability", "target", "n_steps", "gradient_evaluations", "method", "baseline",
+              "precision", "convergence_delta", "warnings")
 
 
 def index_record(summary: dict) -> dict:

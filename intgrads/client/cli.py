@@ -32,6 +32,20 @@ def _positive_int(value: str) -> int:
     return number
 
 
+def _steps(value: str):
+    return "auto" if value == "auto" else _positive_int(value)
+
+
+def _fraction(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = 0.0
+    if not 0 < number < 1:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1; got {value!r}")
+    return number
+
+
 def _send_parser() -> argparse.ArgumentParser:
     from ..engine.baselines import BASELINES
     from ..engine.precision import PRECISIONS
@@ -52,7 +66,12 @@ def _send_parser() -> argparse.ArgumentParser:
     parser.add_argument("--column", help="CSV column or JSONL key holding the sentence "
                                          "(default: sequence, sentence or text)")
     parser.add_argument("--target", type=_target, help="class whose logit is attributed, or 'predicted'")
-    parser.add_argument("--n-steps", type=_positive_int, help="quadrature steps")
+    parser.add_argument("--n-steps", type=_steps, help="quadrature steps, or auto (the server refines each sentence "
+                                                       "until --tolerance)")
+    parser.add_argument("--tolerance", type=_fraction, help="with --n-steps auto: the relative error aimed for "
+                                                            "(server default 0.01)")
+    parser.add_argument("--max-steps", type=_positive_int, help="with --n-steps auto: the most steps (server default "
+                                                                "128)")
     parser.add_argument("--method", choices=METHODS, help="quadrature rule")
     parser.add_argument("--baseline", choices=BASELINES, help="baseline")
     parser.add_argument("--precision", choices=PRECISIONS,
@@ -117,6 +136,8 @@ def _main_render(argv) -> int:
 def _main_send(argv) -> int:
     parser = _send_parser()
     args = parser.parse_args(argv)
+    if (args.tolerance is not None or args.max_steps is not None) and args.n_steps != "auto":
+        parser.error("--tolerance and --max-steps go with --n-steps auto")
     urls = [url.strip() for value in args.url for url in value.split(",") if url.strip()]
     try:
         client = Client(urls, token=args.token, key_file=args.key_file, retries=args.retries, backoff=args.backoff,
@@ -137,7 +158,8 @@ def _main_send(argv) -> int:
         return 0
     try:
         report = client.run(sentences, args.output, target=args.target, n_steps=args.n_steps, method=args.method,
-                            baseline=args.baseline, precision=args.precision, concurrency=args.concurrency,
+                            baseline=args.baseline, precision=args.precision, tolerance=args.tolerance,
+                            max_steps=args.max_steps, concurrency=args.concurrency,
                             progress=not args.no_progress)
     except RunAborted as error:
         print(f"intgrads-client: {error}", file=sys.stderr)

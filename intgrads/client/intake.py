@@ -64,9 +64,10 @@ def pointer_of(body: bytes) -> dict:
 def check_asked(answer: dict, options: dict, sentence: str | None = None) -> None:
     """Raise :class:`AnswerRefused` when a setting the client asked for (n_steps, method, baseline, precision, a
     class target) is not the answer's, or the answer's tokens are not those of ``sentence``."""
+    auto = options.get("n_steps") == "auto"   # the engine then chooses the steps, and the points (method)
     for name in ("n_steps", "method", "baseline", "precision", "target"):
         wanted = options.get(name)
-        if wanted is None or (name == "target" and wanted == "predicted") or (name == "n_steps" and wanted == "auto"):
+        if wanted is None or (name == "target" and wanted == "predicted") or (auto and name in ("n_steps", "method")):
             continue
         if answer.get(name) != wanted:
             raise AnswerRefused(f"the answer's {name} is {repr(answer.get(name))[:40]}, not the {wanted!r} asked for")

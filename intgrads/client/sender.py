@@ -37,7 +37,7 @@ from .inputs import read_key_file
 from .intake import (DEFAULT_MAX_ANSWER_BYTES, MAX_SMALL_BODY, AnswerRefused, Reply, check_asked, error_text, gunzip_if_needed,
                      index_fields, pointer_of, read_capped, rebuilt, retry_after, short)
 
-OPTION_KEYS = ("target", "n_steps", "method", "baseline", "precision")
+OPTION_KEYS = ("target", "n_steps", "method", "baseline", "precision", "tolerance", "max_steps")
 FATAL_STATUSES = (401, 403, 404)
 # TorchServe refuses a missing or wrong key with 400 {"type": "InvalidKeyException", "message": TOKEN_REFUSED...}
 TOKEN_REFUSED = "Token Authorization failed"
@@ -97,9 +97,11 @@ class RunReport:
         return self.output / INDEX_NAME
 
 
-def _request_options(target=None, n_steps=None, method=None, baseline=None, precision=None) -> dict:
-    """The options the caller set (None: the server's default), in OPTION_KEYS order."""
-    given = dict(zip(OPTION_KEYS, (target, n_steps, method, baseline, precision)))
+def _request_options(target=None, n_steps=None, method=None, baseline=None, precision=None, tolerance=None,
+                     max_steps=None) -> dict:
+    """The options the caller set (None: the server's default), in OPTION_KEYS order. ``n_steps`` may be "auto",
+    with ``tolerance`` and ``max_steps``."""
+    given = dict(zip(OPTION_KEYS, (target, n_steps, method, baseline, precision, tolerance, max_steps)))
     return {name: value for name, value in given.items() if value is not None}
 
 
@@ -153,33 +155,34 @@ class Client:
 
     # -- one sentence ---------------------------------------------------------------------------------------
 
-    def fetch(self, sentence: str, *, target=None, n_steps=None, method=None, baseline=None, precision=None) -> bytes:
+    def fetch(self, sentence: str, *, target=None, n_steps=None, method=None, baseline=None, precision=None,
+              tolerance=None, max_steps=None) -> bytes:
         """The server's gzip answer for ``sentence``: the bytes it sent (decode with ``intgrads.decode_answer``)."""
-        return self._post(sentence, _request_options(target, n_steps, method, baseline, precision), binary=True).body
+        options = _request_options(target, n_steps, method, baseline, precision, tolerance, max_steps)
+        return self._post(sentence, options, binary=True).body
 
-    def attribute(self, sentence: str, *, target=None, n_steps=None, method=None, baseline=None,
-                  precision=None) -> dict:
-        """The answer dict for ``sentence`` (see docs/engine-api.md), decoded with ``weights_only=True``."""
-        return self._post(sentence, _request_options(target, n_steps, method, baseline, precision),
-                          binary=True).answer
+    def attribute(self, sentence: str, **options) -> dict:
+        """The answer dict for ``sentence`` (see docs/engine-api.md), decoded with ``weights_only=True`` and checked;
+        the options are :meth:`fetch`'s."""
+        return self._post(sentence, _request_options(**options), binary=True).answer
 
-    def summary(self, sentence: str, *, target=None, n_steps=None, method=None, baseline=None,
-                precision=None) -> dict:
+    def summary(self, sentence: str, *, target=None, n_steps=None, method=None, baseline=None, precision=None,
+                tolerance=None, max_steps=None) -> dict:
         """The server's JSON summary for ``sentence`` (``Accept: application/json``)."""
-        body = self._post(sentence, _request_options(target, n_steps, method, baseline, precision), binary=False).body
-        return json.loads(gunzip_if_needed(body))
+        options = _request_options(target, n_steps, method, baseline, precision, tolerance, max_steps)
+        return json.loads(gunzip_if_needed(self._post(sentence, options, binary=False).body))
 
     # -- many sentences -------------------------------------------------------------------------------------
 
     def run(self, sentences: Iterable, output, *, target=None, n_steps=None, method=None, baseline=None,
-            precision=None, concurrency: int = 4, progress: bool = True) -> RunReport:
+            precision=None, tolerance=None, max_steps=None, concurrency: int = 4, progress: bool = True) -> RunReport:
         """Send ``sentences`` (strings, numbered from 1, or ``(line, sentence)`` pairs) with ``concurrency``
         requests in flight, writing the answers and ``index.jsonl`` into ``output``; see the module docstring.
         Raises :class:`RunAborted` on 401/403/404 or a refused key (after recording what was done)."""
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1; got {concurrency}")
         items = _numbered(sentences)
-        options = _request_options(target, n_steps, method, baseline, precision)
+        options = _request_options(target, n_steps, method, baseline, precision, tolerance, max_steps)
         output = Path(output)
         output.mkdir(parents=True, exist_ok=True)
         lock = lock_output(output)

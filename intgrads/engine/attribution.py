@@ -13,6 +13,9 @@ are not recomputed and only the gradient with respect to ``z`` is taken (no para
 A list of sentences is cut into buckets of similar length (``buckets``), each padded into one batch
 (rows ordered sentence-major, then step); the attention mask keeps the padding out of every real
 token's value.
+
+Which points: a fixed rule's (``quadrature``), or with ``n_steps="auto"`` those the engine refines per sentence
+until its error estimate and r are within ``tolerance`` (``adaptive``); ``paths`` runs either.
 """
 
 from __future__ import annotations
@@ -23,17 +26,22 @@ import dataclasses
 import torch
 
 from .baselines import baseline_word_vector, baseline_word_vectors
+from .adaptive import AUTO, DEFAULT_MAX_STEPS, DEFAULT_TOLERANCE
 from .buckets import length_buckets
 from .budget import check_deadline
 from .diagnostics import answer_warnings
+from .idgi import idgi_attributions
 from .options import DEFAULT_CHUNK_TOKENS, check_options, check_sequences, check_token_counts
+from .paths import adaptive_paths, fixed_paths
 from .precision import DEFAULT_PRECISION, computing_in
-from .quadrature import step_sizes_and_alphas
+
+ADAPTIVE_METHOD = "adaptive"   # the answer's method with n_steps "auto" (its points are in alphas)
 
 
 def attribute(bundle, sequence_or_list, *, target=1, n_steps=50, method="gausslegendre", baseline="zero",
               keep_special_tokens=False, internal_batch_size=None, max_tokens=512,
-              chunk_tokens=DEFAULT_CHUNK_TOKENS, deadline=None, precision=DEFAULT_PRECISION, endpoints=False):
+              chunk_tokens=DEFAULT_CHUNK_TOKENS, deadline=None, precision=DEFAULT_PRECISION, endpoints=False,
+              tolerance=DEFAULT_TOLERANCE, max_steps=DEFAULT_MAX_STEPS, idgi=False):
     """Integrated and intermediate gradients of ``bundle``'s ``target`` logit for one sentence
     (returns a dict) or a list of sentences (returns a list of dicts). See the README for the keys.
 
@@ -45,14 +53,19 @@ def attribute(bundle, sequence_or_list, *, target=1, n_steps=50, method="gaussle
     ``precision`` ("float32", "bfloat16" or "float16") is the arithmetic of the model's passes (see
     :mod:`intgrads.engine.precision`); the answer's tensors are float32 in every precision. ``endpoints=True``
     adds the path's ends x and b as ``layer_input`` and ``layer_baseline`` (1, T, H): with them the intermediates
-    can be rebuilt (:func:`interpolate`), so a server may send those two instead."""
+    can be rebuilt (:func:`interpolate`), so a server may send those two instead.
+
+    ``n_steps="auto"`` chooses each sentence's points (:mod:`intgrads.engine.adaptive`): refined until the estimated
+    relative error of the token attributions and r = |convergence delta| / |F(x) - F(b)| are both within
+    ``tolerance``, with at most ``max_steps`` points; ``method`` is then not used, and the answer's ``method`` is
+    "adaptive". ``idgi=True`` adds ``idgi`` (1, T, H) and ``idgi_token_attributions`` (T,) (:mod:`.idgi`)."""
     sentences, single = check_sequences(sequence_or_list)
     tokenizer = bundle.tokenizer
     options = check_options(
         target=target, n_steps=n_steps, method=method, baseline=baseline,
         keep_special_tokens=keep_special_tokens, internal_batch_size=internal_batch_size, max_tokens=max_tokens,
         num_labels=bundle.num_labels, min_tokens=tokenizer.num_special_tokens_to_add() + 1,
-        max_positions=bundle.max_positions, precision=precision)
+        max_positions=bundle.max_positions, precision=precision, tolerance=tolerance, max_steps=max_steps)
     full_lengths = [len(ids) for ids in tokenizer(sentences, add_special_tokens=True)["input_ids"]]
     check_token_counts(full_lengths, tokenizer.num_special_tokens_to_add(), single)
     if not (chunk_tokens is None or (isinstance(chunk_tokens, int) and chunk_tokens >= 1)):
@@ -63,7 +76,7 @@ def attribute(bundle, sequence_or_list, *, target=1, n_steps=50, method="gaussle
             batch = _encode(bundle, [sentences[i] for i in bucket], [full_lengths[i] for i in bucket],
                             options.max_tokens)
             bucket_answers = _attribute_batch(bundle, batch, _chunked(options, batch, chunk_tokens), deadline,
-                                              endpoints=endpoints)
+                                              endpoints=endpoints, idgi=idgi)
             for index, answer in zip(bucket, bucket_answers):
                 answers[index] = answer
     return answers[0] if single else answers
@@ -152,61 +165,76 @@ def _layer_values(bundle, batch, options):
     return value[:n], value[n:], logits[:n], logits[n:]
 
 
-def _attribute_batch(bundle, batch, options, deadline=None, endpoints=False):
+def _attribute_batch(bundle, batch, options, deadline=None, endpoints=False, idgi=False):
     n_sentences = batch["input_ids"].shape[0]
     x, b, logits_x, logits_b = _layer_values(bundle, batch, options)
     if options.target == "predicted":
         targets = logits_x.argmax(dim=1)
     else:
         targets = torch.full((n_sentences,), options.target, device=x.device)
-    step_sizes, alphas = step_sizes_and_alphas(options.method, options.n_steps)
-    steps = options.n_steps
-    alpha = torch.tensor(alphas, dtype=x.dtype, device=x.device)
-    weights = torch.tensor(step_sizes, dtype=torch.float32, device=x.device).view(steps, 1)
 
-    total_rows = n_sentences * steps
-    chunk = options.internal_batch_size or total_rows
-    grads = torch.empty((total_rows,) + tuple(x.shape[1:]), dtype=x.dtype, device=x.device)
-    row_sentence = torch.arange(n_sentences, device=x.device).repeat_interleave(steps)
-    row_alpha = alpha.repeat(n_sentences)
-    for start in range(0, total_rows, chunk):
-        check_deadline(deadline, start, total_rows, x.device)
-        rows = slice(start, min(start + chunk, total_rows))
+    def evaluate(row_sentence, row_alpha, done_rows, total_rows):
+        return _gradients_at(bundle, batch, options, x, b, targets, row_sentence, row_alpha, deadline,
+                             done_rows, total_rows)
+
+    if options.n_steps == AUTO:
+        chosen = targets.view(-1, 1)
+        paths = adaptive_paths(evaluate, x - b, batch["attention_mask"].bool(), logits_x.gather(1, chosen).view(-1)
+                               .tolist(), logits_b.gather(1, chosen).view(-1).tolist(), options)
+    else:
+        paths = fixed_paths(evaluate, n_sentences, options, x.device)
+    return [_sentence_answer(bundle, batch, options, i, x=x, b=b, path=paths[i], logits_x=logits_x,
+                             logits_b=logits_b, target=int(targets[i]), endpoints=endpoints, idgi=idgi)
+            for i in range(n_sentences)]
+
+
+def _gradients_at(bundle, batch, options, x, b, targets, row_sentence, row_alpha, deadline, done_rows, total_rows):
+    """g_r = dF_target/dz (R, T, H) and F_target(z_r) float32 (R,) at z_r = b_s + alpha_r (x_s - b_s), s =
+    ``row_sentence[r]``, in chunks of ``internal_batch_size`` rows; the deadline is checked before each chunk
+    (``done_rows`` of ``total_rows`` done before these)."""
+    rows_n = row_sentence.shape[0]
+    chunk = options.internal_batch_size or rows_n
+    grads = torch.empty((rows_n,) + tuple(x.shape[1:]), dtype=x.dtype, device=x.device)
+    outputs = torch.empty(rows_n, dtype=torch.float32, device=x.device)
+    for start in range(0, rows_n, chunk):
+        check_deadline(deadline, done_rows + start, total_rows, x.device)
+        rows = slice(start, min(start + chunk, rows_n))
         owner = row_sentence[rows]
         with torch.enable_grad():
             z = (b[owner] + row_alpha[rows].view(-1, 1, 1) * (x[owner] - b[owner])).requires_grad_()
             with _substituted(bundle, z), computing_in(options.precision, z.device):
                 logits = bundle.model(**_model_inputs(batch, owner)).logits
-            chosen = logits.gather(1, targets[owner].view(-1, 1)).sum()
-            (grads[rows],) = torch.autograd.grad(chosen, z)
-
-    return [_sentence_answer(bundle, batch, options, i, x=x, b=b, grads=grads[i * steps:(i + 1) * steps],
-                             weights=weights, alphas=alphas, logits_x=logits_x, logits_b=logits_b,
-                             target=int(targets[i]), endpoints=endpoints)
-            for i in range(n_sentences)]
+            chosen = logits.gather(1, targets[owner].view(-1, 1))
+            (grads[rows],) = torch.autograd.grad(chosen.sum(), z)
+        outputs[rows] = chosen.detach().view(-1).float()
+    return grads, outputs
 
 
-def _sentence_answer(bundle, batch, options, i, *, x, b, grads, weights, alphas, logits_x, logits_b, target,
-                     endpoints=False):
+def _sentence_answer(bundle, batch, options, i, *, x, b, path, logits_x, logits_b, target, endpoints=False,
+                     idgi=False):
     """The answer dict of sentence ``i`` of the batch (padding dropped), with its warnings."""
-    steps = options.n_steps
+    steps = path.steps
     keep = batch["attention_mask"][i].bool()
     xi, bi = x[i][keep], b[i][keep]
-    gi = grads[:, keep]
-    total = (gi.reshape(steps, -1) * weights).sum(dim=0).view_as(xi)
+    gi = path.grads[:, keep]
+    total = (gi.reshape(steps, -1) * path.weights).sum(dim=0).view_as(xi)
     ig = (xi - bi) * total
     f_input, f_baseline = float(logits_x[i, target]), float(logits_b[i, target])
     delta = float(ig.sum() - (logits_x[i, target] - logits_b[i, target]))
     ids = batch["input_ids"][i][keep].cpu()
     finite = bool(torch.isfinite(gi).all() and torch.isfinite(ig).all() and torch.isfinite(logits_x[i]).all())
+    refinement = path.refinement
     warnings = answer_warnings(delta=delta, f_input=f_input, f_baseline=f_baseline,
-                               step_maxima=gi.abs().amax(dim=(1, 2)).tolist(), alphas=alphas, n_steps=steps,
-                               finite=finite, full_length=batch["full_lengths"][i], max_tokens=options.max_tokens)
+                               step_maxima=gi.abs().amax(dim=(1, 2)).tolist(), alphas=path.alphas, n_steps=steps,
+                               finite=finite, full_length=batch["full_lengths"][i], max_tokens=options.max_tokens,
+                               auto=refinement is not None, unfinished=refinement and refinement.warning())
     answer = {
         "integrated_gradients": ig.unsqueeze(0).cpu(),
         "intermediate_gradients": gi.cpu(),
-        "step_sizes": weights.cpu(),
-        "intermediates": interpolate(xi, bi, alphas).cpu(),
+        "step_sizes": path.weights.cpu(),
+        "intermediates": interpolate(xi, bi, path.alphas).cpu(),
+        "alphas": torch.tensor(path.alphas, dtype=torch.float32),
+        "step_outputs": path.outputs.cpu(),
         "tokens": bundle.tokenizer.convert_ids_to_tokens(ids.tolist()),
         "input_ids": ids.view(1, -1),
         "token_attributions": ig.sum(dim=-1).cpu(),
@@ -214,7 +242,9 @@ def _sentence_answer(bundle, batch, options, i, *, x, b, grads, weights, alphas,
         "convergence_delta": delta,
         "target": target,
         "n_steps": steps,
-        "method": options.method,
+        "gradient_evaluations": steps,   # every point evaluated is one of the answer's (auto reuses them all)
+        "forward_evaluations": 0,        # no forward-only pass beyond the one at x and b every answer has
+        "method": ADAPTIVE_METHOD if refinement else options.method,
         "baseline": options.baseline,
         "keep_special_tokens": options.keep_special_tokens,
         "layer": bundle.layer_name,
@@ -226,6 +256,11 @@ def _sentence_answer(bundle, batch, options, i, *, x, b, grads, weights, alphas,
         "label_names": list(bundle.label_names),
         "warnings": warnings,
     }
+    if refinement:
+        answer.update(tolerance=options.tolerance, max_steps=options.max_steps)
+    if idgi:   # over the answer's points, in increasing alpha
+        values = idgi_attributions(gi, path.outputs)
+        answer.update(idgi=values.unsqueeze(0).cpu(), idgi_token_attributions=values.sum(dim=-1).cpu())
     if endpoints:   # the path's ends x and b (1, T, H): the intermediates are interpolate(x, b, alphas)
         answer.update(layer_input=xi.unsqueeze(0).cpu(), layer_baseline=bi.unsqueeze(0).cpu())
     return answer

@@ -13,7 +13,9 @@ per-step gradients g_k:
   baseline does this near a = 0: every word vector there is ~0, and the LayerNorms divide by their spread;
 - **non-finite**: NaN or infinity in the gradients, the integrated gradients or the logits. The server refuses
   such an answer (422) rather than sending NaNs; :func:`intgrads.attribute` returns it with this warning;
-- **truncation**: the sentence had more tokens than ``max_tokens`` and only its first tokens were attributed.
+- **truncation**: the sentence had more tokens than ``max_tokens`` and only its first tokens were attributed;
+- **n_steps auto short of its tolerance**: the refinement reached ``max_steps`` first (the sentence names the r
+  and the estimated error it reached; see ``adaptive``).
 """
 
 from __future__ import annotations
@@ -27,18 +29,24 @@ NON_FINITE = "non-finite values"
 
 
 def answer_warnings(*, delta: float, f_input: float, f_baseline: float, step_maxima, alphas, n_steps: int,
-                    finite: bool, full_length: int, max_tokens: int) -> list[str]:
+                    finite: bool, full_length: int, max_tokens: int, auto: bool = False,
+                    unfinished: str | None = None) -> list[str]:
     """The warnings of one answer (an empty list when all is well). ``step_maxima``: m_k = max|g_k| per step,
-    in the order of ``alphas``."""
+    in the order of ``alphas``. ``auto``: the points were chosen by n_steps "auto"; ``unfinished``: its warning
+    when it stopped short of the tolerance."""
     warnings = []
     if not finite:
         warnings.append(f"{NON_FINITE} (NaN or infinity) in the gradients, integrated gradients or logits: the "
                         "model overflows on this path; try another baseline (pad, unk) or float32 inputs")
     difference = f_input - f_baseline
     if math.isfinite(delta) and abs(delta) > CONVERGENCE_ATOL and abs(delta) > CONVERGENCE_RTOL * abs(difference):
+        advice = ("raise max_steps" if auto else
+                  f"try n_steps {max(2 * n_steps, 100)} or method gausslegendre")
         warnings.append(f"the integral did not converge: |convergence delta| = {abs(delta):.3g} is "
                         f"{_share(delta, difference)} of |F(x) - F(b)| = {abs(difference):.3g} (warned above "
-                        f"{CONVERGENCE_RTOL:.0%}); try n_steps {max(2 * n_steps, 100)} or method gausslegendre")
+                        f"{CONVERGENCE_RTOL:.0%}); {advice}")
+    if unfinished:
+        warnings.append(unfinished)
     maxima = [float(m) for m in step_maxima]
     finite_maxima = sorted(m for m in maxima if math.isfinite(m))
     if finite_maxima:

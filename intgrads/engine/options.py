@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .adaptive import AUTO, DEFAULT_MAX_STEPS, DEFAULT_TOLERANCE, MIN_MAX_STEPS
 from .baselines import BASELINES
 from .precision import DEFAULT_PRECISION, check_precision
 from .quadrature import METHODS, min_steps
@@ -18,13 +19,15 @@ DEFAULT_CHUNK_TOKENS = 3200
 @dataclass(frozen=True)
 class Options:
     target: int | str
-    n_steps: int
+    n_steps: int | str          # an integer, or "auto" (see intgrads.engine.adaptive)
     method: str
     baseline: str
     keep_special_tokens: bool
     internal_batch_size: int | None
     max_tokens: int
     precision: str = DEFAULT_PRECISION
+    tolerance: float = DEFAULT_TOLERANCE    # n_steps "auto" only
+    max_steps: int = DEFAULT_MAX_STEPS      # n_steps "auto" only
 
 
 def _is_int(value) -> bool:
@@ -33,7 +36,8 @@ def _is_int(value) -> bool:
 
 def check_options(*, target, n_steps, method, baseline, keep_special_tokens, internal_batch_size,
                   max_tokens, num_labels: int, min_tokens: int = 1, max_positions: int | None = None,
-                  precision: str = DEFAULT_PRECISION) -> Options:
+                  precision: str = DEFAULT_PRECISION, tolerance=DEFAULT_TOLERANCE,
+                  max_steps=DEFAULT_MAX_STEPS) -> Options:
     """Return the options as an :class:`Options`, or raise ``ValueError`` naming the bad one."""
     if not (target == "predicted" or (_is_int(target) and 0 <= target < num_labels)):
         raise ValueError(
@@ -41,8 +45,10 @@ def check_options(*, target, n_steps, method, baseline, keep_special_tokens, int
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
     low = min_steps(method)
-    if not (_is_int(n_steps) and low <= n_steps <= MAX_STEPS):
-        raise ValueError(f"n_steps must be an integer from {low} to {MAX_STEPS} for method {method}; got {n_steps!r}")
+    if not (n_steps == AUTO or (_is_int(n_steps) and low <= n_steps <= MAX_STEPS)):
+        raise ValueError(f"n_steps must be an integer from {low} to {MAX_STEPS} for method {method}, or "
+                         f"\"{AUTO}\"; got {n_steps!r}")
+    check_auto(tolerance, max_steps)
     if baseline not in BASELINES:
         raise ValueError(f"baseline must be one of {', '.join(BASELINES)}; got {baseline!r}")
     if not isinstance(keep_special_tokens, bool):
@@ -54,7 +60,18 @@ def check_options(*, target, n_steps, method, baseline, keep_special_tokens, int
         allowed = f"from {min_tokens} to {high}" if high else f"at least {min_tokens}"
         raise ValueError(f"max_tokens must be an integer {allowed}; got {max_tokens!r}")
     check_precision(precision)
-    return Options(target, n_steps, method, baseline, keep_special_tokens, internal_batch_size, max_tokens, precision)
+    return Options(target, n_steps, method, baseline, keep_special_tokens, internal_batch_size, max_tokens, precision,
+                   float(tolerance), max_steps)
+
+
+def check_auto(tolerance, max_steps) -> None:
+    """The settings of ``n_steps="auto"``: a tolerance in (0, 1) and a cap on the points."""
+    if not (isinstance(tolerance, (int, float)) and not isinstance(tolerance, bool) and 0 < tolerance < 1):
+        raise ValueError(f"tolerance must be a number between 0 and 1 (the relative error n_steps \"auto\" aims for, "
+                         f"e.g. {DEFAULT_TOLERANCE}); got {tolerance!r}")
+    if not (_is_int(max_steps) and MIN_MAX_STEPS <= max_steps <= MAX_STEPS):
+        raise ValueError(f"max_steps must be an integer from {MIN_MAX_STEPS} to {MAX_STEPS} (the most points n_steps "
+                         f"\"auto\" may use); got {max_steps!r}")
 
 
 def check_sequences(sequence_or_list) -> tuple[list[str], bool]:

@@ -16,7 +16,12 @@ to the input ``x``, against the path position ``alpha_k`` (the quadrature nodes,
 whose last value is the token's integrated-gradients attribution (``token_attributions``). ``x - b`` is
 recovered from the answer's ``intermediates`` (``z_k = b + alpha_k (x - b)``) from the two most distant
 nodes; with a single node (one Gauss-Legendre step) it falls back to ``IG / sum_k w_k g_k`` elementwise.
-The nodes and weights are those of ``intgrads.step_sizes_and_alphas(method, n_steps)``.
+The nodes are the answer's ``alphas`` (``n_steps="auto"`` chose them per sentence), or those of
+``intgrads.step_sizes_and_alphas(method, n_steps)`` for an answer without them; ticks on the panel's bottom edge
+mark where they fell.
+
+In a notebook, ``render_answer`` returns a :class:`Picture` that shows itself (PNG, or an HTML ``<img>``) and
+whose repr is one line.
 
 Modules: ``data`` (the numbers), ``figure`` (PNG/SVG/PDF with matplotlib), ``page`` (the HTML page).
 """

@@ -15,9 +15,12 @@ TOP_COLOURS = ("#1f77b4", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
                "#2ca02c", "#d62728")
 
 
-@dataclass
+@dataclass(repr=False)
 class Picture:
-    """What was drawn: token texts, their attributions, the path nodes and the accumulated attributions."""
+    """What was drawn: token texts, their attributions, the path nodes and the accumulated attributions.
+
+    In a notebook it shows itself (``_repr_png_``, ``_repr_html_``: the figure, drawn again at 100 dpi); its repr
+    is one line (tokens, points, file), not the arrays."""
 
     tokens: list
     attributions: np.ndarray     # (seq,)  token_attributions
@@ -25,6 +28,25 @@ class Picture:
     accumulated: np.ndarray      # (n_steps, seq): A_t(alpha_k)
     caption: str
     path: Path | None = None
+
+    def __repr__(self) -> str:
+        where = f", {str(self.path)!r}" if self.path is not None else ""
+        return f"<Picture: {len(self.tokens)} tokens, {len(self.alphas)} path points{where}>"
+
+    def _repr_png_(self) -> bytes:
+        import io
+
+        from .figure import make_figure
+
+        buffer = io.BytesIO()
+        make_figure(self).savefig(buffer, format="png", dpi=100)
+        return buffer.getvalue()
+
+    def _repr_html_(self) -> str:
+        import base64
+
+        data = base64.b64encode(self._repr_png_()).decode("ascii")
+        return f'<img alt="integrated gradients per token" style="max-width:100%" src="data:image/png;base64,{data}">'
 
 
 def _one_answer(answer) -> dict:
@@ -49,15 +71,17 @@ def _array(value) -> np.ndarray:
 
 
 def path_alphas(answer) -> np.ndarray:
-    """The path positions ``alpha_k`` of the answer's rows (row order), from its method and n_steps."""
-    from ..engine.quadrature import step_sizes_and_alphas
+    """The path positions ``alpha_k`` of the answer's rows (row order): those of its fixed rule (method and
+    n_steps, in float64), or its ``alphas`` (n_steps "auto" chose them)."""
+    from ..answer.rebuild import path_alphas as answer_alphas
+    from ..engine.quadrature import METHODS, step_sizes_and_alphas
 
     steps = _array(answer["step_sizes"]).reshape(-1)
     method = answer.get("method", "gausslegendre")
     n_steps = int(answer.get("n_steps", steps.shape[0]))
     if n_steps != steps.shape[0]:
         raise ValueError(f"the answer says n_steps={n_steps} but has {steps.shape[0]} step sizes")
-    _, alphas = step_sizes_and_alphas(method, n_steps)
+    alphas = step_sizes_and_alphas(method, n_steps)[1] if method in METHODS else answer_alphas(answer)
     return np.asarray(alphas, dtype=np.float64)
 
 

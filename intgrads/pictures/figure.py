@@ -108,7 +108,10 @@ def _draw_path_panel(ax, picture: Picture, top: int):
                             zorder=2)
         line.set_gid(f"token-{t}")
     ax.set_xlim(0, 1)
-    ax.set_xlabel("α: position on the path  b + α (x − b)")
+    # where the path points fell (a fixed rule's, or those n_steps "auto" chose): ticks on the bottom edge
+    ax.vlines(picture.alphas, 0.0, 0.03, colors="#555555", linewidth=0.9, transform=ax.get_xaxis_transform(),
+              zorder=4, gid="path-points")
+    ax.set_xlabel(f"α: position on the path  b + α (x − b)   (ticks: its {len(picture.alphas)} points)")
     ax.set_ylabel("accumulated attribution")
     ax.set_title(r"Attribution accumulated along the path:  $\Sigma_{j \leq k}\, w_j\, g_j \cdot (x - b)$, "
                  "summed over hidden", fontsize=10, loc="left")

@@ -82,6 +82,10 @@ def _svg_panel(picture: Picture, named: list[int], colour_of: dict) -> str:
         out.append(f'<line x1="{x:.2f}" x2="{x:.2f}" y1="{top_margin}" y2="{top_margin + plot_h}" stroke="#eee"/>')
         out.append(f'<text x="{x:.2f}" y="{top_margin + plot_h + 16}" text-anchor="middle">{tick:g}</text>')
     out.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{sy(0):.2f}" y2="{sy(0):.2f}" stroke="#999"/>')
+    bottom_y = top_margin + plot_h
+    out.append('<g class="path-points" stroke="#555"><title>the path points (alphas)</title>' + "".join(
+        f'<line x1="{sx(a):.2f}" x2="{sx(a):.2f}" y1="{bottom_y - 7:.2f}" y2="{bottom_y:.2f}"/>'
+        for a in picture.alphas) + "</g>")
     out.append(f'<text x="{left + plot_w / 2}" y="{height - 8}" text-anchor="middle">'
                'α: position on the path b + α (x − b)</text>')
     out.append(f'<text transform="translate(16 {top_margin + plot_h / 2}) rotate(-90)" text-anchor="middle">'

@@ -5,10 +5,20 @@ whose message says what to ask for instead."""
 from __future__ import annotations
 
 from ..answer.keys import estimate_answer_bytes
+from ..engine.adaptive import AUTO, most_points
 from ..engine.budget import G, DeadlineExceeded, default_budget, model_shape, request_work
 from .request import RequestError
 
 SMALLER = "ask for fewer n_steps, shorter text or fewer sequences"
+
+
+def counted_steps(options: dict) -> tuple[int, str]:
+    """The steps a request is counted at, and what to say about them: n_steps, or for n_steps "auto" the most
+    points its cap allows (it may need fewer; the checks come before any work)."""
+    if options["n_steps"] == AUTO:
+        steps = most_points(options["max_steps"])
+        return steps, f"{steps} steps (n_steps auto, counted at its cap max_steps = {options['max_steps']})"
+    return options["n_steps"], f"{options['n_steps']} steps"
 
 
 def sentence_lengths(bundle, sequences, max_tokens: int) -> list[int]:
@@ -17,18 +27,22 @@ def sentence_lengths(bundle, sequences, max_tokens: int) -> list[int]:
     return [min(len(item), max_tokens) for item in ids]
 
 
+def _or_cap(options: dict) -> str:
+    return " or a lower max_steps" if options["n_steps"] == AUTO else ""
+
+
 def check_answer_size(request, lengths, hidden: int, limit: int):
     """413 when the answer (for its dtype and outputs) would pass ``limit`` bytes (max_response_size)."""
     encoding = request.encoding or {}
     dtype, outputs = encoding.get("dtype") or "float32", encoding.get("outputs")
-    steps = request.options["n_steps"]
+    steps, said = counted_steps(request.options)
     total = sum(estimate_answer_bytes(length, hidden, steps, dtype=dtype, outputs=outputs) for length in lengths)
     if total > limit * 0.95:
         raise RequestError(
             f"the answer would hold about {total / 1e6:.0f} MB ({sum(lengths)} tokens x {hidden} x "
-            f"{steps} steps, {dtype}), more than this server sends ({limit / 1e6:.0f} MB, max_response_size): "
-            f"{SMALLER}, \"dtype\": \"float16\", \"outputs\" without intermediates, or use Accept: "
-            "application/json for the summary", status=413)
+            f"{said}, {dtype}), more than this server sends ({limit / 1e6:.0f} MB, max_response_size): "
+            f"{SMALLER}{_or_cap(request.options)}, \"dtype\": \"float16\", \"outputs\" without intermediates, or "
+            "use Accept: application/json for the summary", status=413)
 
 
 def work_budget(max_work, response_timeout: float, device: str, threads: int) -> float | None:
@@ -44,17 +58,18 @@ def check_work(request, lengths, model, budget_gmac: float | None, response_time
     if not budget_gmac:
         return
     layers, hidden = model_shape(model)
-    steps = request.options["n_steps"]
+    steps, said = counted_steps(request.options)
     work = request_work(lengths, steps, layers, hidden) / G
     if work > budget_gmac:
         tokens = max(lengths)
         fits = max(0, int(steps * budget_gmac / work))
         raise RequestError(
             f"this request is about {work:,.0f} G multiply-accumulates ({len(lengths)} sentence(s) x {tokens} "
-            f"tokens x {steps} steps on a {layers}-layer, {hidden}-wide model), more than the {budget_gmac:,.0f} G "
+            f"tokens x {said} on a {layers}-layer, {hidden}-wide model), more than the {budget_gmac:,.0f} G "
             f"this server takes on per request (--max-work; about half of its {response_timeout:.0f} s response "
-            f"timeout): {SMALLER} (at most ~{fits} steps for this text), or split the sentences over several "
-            "requests", status=413, work_gmac=round(work, 1), max_work_gmac=round(budget_gmac, 1))
+            f"timeout): {SMALLER}{_or_cap(request.options)} (at most ~{fits} steps for this text), or split the "
+            "sentences over several requests", status=413, work_gmac=round(work, 1),
+            max_work_gmac=round(budget_gmac, 1))
 
 
 def deadline_error(error: DeadlineExceeded, response_timeout: float) -> RequestError:

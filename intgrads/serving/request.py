@@ -19,17 +19,21 @@ engine's own ``ValueError`` is a second line of defence only.
 from __future__ import annotations
 
 import json
-import math
 import unicodedata
 from dataclasses import dataclass, field
 
-from ..answer.keys import DTYPE_NAMES, ENDPOINT_NAMES, HANDOFF_HEADER, HANDOFF_REQUEST, SENDABLE_NAMES
-from ..engine.baselines import BASELINES
-from ..engine.precision import PRECISIONS
-from ..engine.quadrature import METHODS, min_steps
+from ..answer.keys import ENDPOINT_NAMES, HANDOFF_HEADER, HANDOFF_REQUEST, IDGI_NAMES
+from ..engine.adaptive import AUTO
+from .options import check_encoding, check_options
+from .values import RequestError, fields_once, json_type, show
+
+__all__ = ["RequestError", "Request", "parse_request", "check_options", "check_encoding", "fields_once", "lower_keys",
+           "wants_json", "wants_handoff", "body_too_big", "usage_curl", "OPTION_FIELDS", "DEFAULT_OPTIONS",
+           "DEFAULT_LIMITS"]
 
 # The option fields a request may carry besides the sentence(s).
-OPTION_FIELDS = ("target", "n_steps", "method", "baseline", "keep_special_tokens", "internal_batch_size", "precision")
+OPTION_FIELDS = ("target", "n_steps", "method", "baseline", "keep_special_tokens", "internal_batch_size", "precision",
+                 "tolerance", "max_steps")   # the last two with n_steps "auto" only
 TEXT_FIELDS = ("sequence", "sequences")
 # How the answer is sent (not engine options): "dtype" of its float tensors, and which "outputs" it holds.
 ENCODING_FIELDS = ("dtype", "outputs")
@@ -44,24 +48,12 @@ DEFAULT_LIMITS = {"max_steps": 500, "max_tokens": 512, "max_sequences": 16, "max
                   "gzip_level": 1, "max_work": None}
 
 
-class RequestError(Exception):
-    """A request the server refuses: ``status`` (4xx) and a ``message`` naming the problem."""
-
-    def __init__(self, message: str, status: int = 400, **extra):
-        super().__init__(message)
-        self.message = message
-        self.status = status
-        self.extra = extra
-
-    def to_json(self) -> dict:
-        return {"error": self.message, "status": self.status, **self.extra}
-
-
 @dataclass
 class Request:
     sequences: list          # the sentences, in order
     single: bool             # "sequence" (one answer dict) rather than "sequences" (a list)
     options: dict            # target, n_steps, method, baseline, keep_special_tokens, internal_batch_size, precision
+    #                          (+ tolerance and max_steps with n_steps "auto"; endpoints / idgi when outputs name them)
     want_json: bool = False  # JSON summary instead of the gzip answer
     given: list = field(default_factory=list)   # the option names the client set
     encoding: dict = field(default_factory=dict)  # {"dtype": "float32"|"float16", "outputs": list|None}
@@ -199,19 +191,8 @@ def _body_fields(parts: dict, headers: dict, url: str, sees_query: bool = False)
         raise RequestError(f"the body is not valid JSON here ({what})") from None
     if not isinstance(decoded, dict):
         raise RequestError("the JSON body must be an object like {\"sequence\": \"...\"}; "
-                           f"got {_json_type(decoded)}")
+                           f"got {json_type(decoded)}")
     return decoded, False
-
-
-def fields_once(pairs, where: str) -> dict:
-    """(name, value) pairs as a dict; a name given twice is a 400 naming ``where`` ("the form"), not "the last
-    one wins"."""
-    out = {}
-    for key, value in pairs:
-        if key in out:
-            raise RequestError(f"{where} gives {_show(key)} twice: give each field once")
-        out[key] = value
-    return out
 
 
 def _no_duplicate_keys(pairs) -> dict:
@@ -219,26 +200,17 @@ def _no_duplicate_keys(pairs) -> dict:
     return fields_once(pairs, "the JSON body")
 
 
-def _json_type(value) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
-
-
 def _form_value(name: str, value):
     """Form fields arrive as text: turn numbers and booleans into their types."""
     text = _decode_text(value, f"field {name!r}").strip()
-    if name in ("n_steps", "internal_batch_size"):
+    if name == "n_steps" and text.lower() == AUTO:
+        return AUTO
+    if name == "tolerance":
+        try:
+            return float(text)
+        except ValueError:
+            raise RequestError(f"tolerance must be a number between 0 and 1; got {text!r}") from None
+    if name in ("n_steps", "internal_batch_size", "max_steps"):
         if name == "internal_batch_size" and text.lower() in ("", "null", "none"):
             return None
         try:
@@ -273,10 +245,6 @@ def _form_value(name: str, value):
     return _decode_text(value, f"field {name!r}")
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _check_text(fields: dict, limits: dict) -> tuple[list, bool]:
     present = [name for name in TEXT_FIELDS if name in fields]
     if not present:
@@ -288,11 +256,11 @@ def _check_text(fields: dict, limits: dict) -> tuple[list, bool]:
     value = fields[name]
     if name == "sequence":
         if not isinstance(value, str):
-            raise RequestError(f"sequence must be a string; got {_json_type(value)}")
+            raise RequestError(f"sequence must be a string; got {json_type(value)}")
         items, single = [value], True
     else:
         if not isinstance(value, list):
-            raise RequestError(f"sequences must be a list of strings; got {_json_type(value)}")
+            raise RequestError(f"sequences must be a list of strings; got {json_type(value)}")
         if not value:
             raise RequestError("sequences is an empty list: send at least one sentence")
         if len(value) > limits["max_sequences"]:
@@ -302,7 +270,7 @@ def _check_text(fields: dict, limits: dict) -> tuple[list, bool]:
     for index, item in enumerate(items):
         where = "sequence" if single else f"sequences[{index}]"
         if not isinstance(item, str):
-            raise RequestError(f"{where} must be a string; got {_json_type(item)}")
+            raise RequestError(f"{where} must be a string; got {json_type(item)}")
         if "\x00" in item:
             raise RequestError(f"{where} contains a NUL character")
         try:
@@ -319,74 +287,6 @@ def _check_text(fields: dict, limits: dict) -> tuple[list, bool]:
             raise RequestError(f"{where} has {len(item)} characters; this server takes at most "
                                f"{limits['max_chars']}", status=413)
     return list(items), single
-
-
-def check_options(options: dict, *, num_labels: int, limits: dict) -> None:
-    """Types and ranges of the options; raise :class:`RequestError` naming the first bad one."""
-    target = options["target"]
-    if not (target == "predicted" or (_is_int(target) and 0 <= target < num_labels)):
-        raise RequestError(f"target must be an integer from 0 to {num_labels - 1} or \"predicted\"; "
-                           f"got {json.dumps(target) if _jsonable(target) else repr(target)}")
-    method = options["method"]
-    if not isinstance(method, str) or method not in METHODS:
-        raise RequestError(f"method must be one of {', '.join(METHODS)}; got {_show(method)}")
-    n_steps = options["n_steps"]
-    low, high = min_steps(method), limits["max_steps"]
-    if not _is_int(n_steps):
-        raise RequestError(f"n_steps must be an integer from {low} to {high}; got {_show(n_steps)}")
-    if n_steps > high:
-        raise RequestError(f"n_steps is {n_steps}; this server takes at most {high} "
-                           f"(ask for fewer steps, or start the server with a higher --max-steps)", status=413)
-    if n_steps < low:
-        raise RequestError(f"n_steps must be an integer from {low} to {high} for method {method}; got {n_steps}")
-    baseline = options["baseline"]
-    if not isinstance(baseline, str) or baseline not in BASELINES:
-        raise RequestError(f"baseline must be one of {', '.join(BASELINES)}; got {_show(baseline)}")
-    if not isinstance(options["keep_special_tokens"], bool):
-        raise RequestError(f"keep_special_tokens must be true or false; got {_show(options['keep_special_tokens'])}")
-    size = options["internal_batch_size"]
-    if size is not None and not (_is_int(size) and size >= 1):
-        raise RequestError(f"internal_batch_size must be a positive integer or null; got {_show(size)}")
-    precision = options["precision"]
-    if not isinstance(precision, str) or precision not in PRECISIONS:
-        raise RequestError(f"precision must be one of {', '.join(PRECISIONS)} (the arithmetic of the model's passes; "
-                           f"the answer's dtype is the separate \"dtype\"); got {_show(precision)}")
-
-
-def check_encoding(fields: dict) -> dict:
-    """The request's ``dtype`` (default float32) and ``outputs`` (default None: every key), checked."""
-    dtype = fields.get("dtype", "float32")
-    if not isinstance(dtype, str) or dtype not in DTYPE_NAMES:
-        raise RequestError(f"dtype must be one of {', '.join(DTYPE_NAMES)}; got {_show(dtype)}")
-    outputs = fields.get("outputs")
-    if outputs is not None:
-        if not isinstance(outputs, list) or not all(isinstance(name, str) for name in outputs):
-            raise RequestError(f"outputs must be a list of answer keys from {', '.join(SENDABLE_NAMES)}; "
-                               f"got {_show(outputs)}")
-        if not outputs:
-            raise RequestError(f"outputs is an empty list: name at least one of {', '.join(SENDABLE_NAMES)}")
-        unknown = [name for name in outputs if name not in SENDABLE_NAMES]
-        if unknown:
-            shown = ", ".join(_show(name) for name in unknown[:5])
-            raise RequestError(f"unknown output(s) {shown}; outputs may name {', '.join(SENDABLE_NAMES)} "
-                               "(the settings keys are always sent)")
-        outputs = list(dict.fromkeys(outputs))
-    return {"dtype": dtype, "outputs": outputs}
-
-
-def _jsonable(value) -> bool:
-    try:
-        json.dumps(value)
-        return True
-    except (TypeError, ValueError):
-        return False
-
-
-def _show(value) -> str:
-    if isinstance(value, float) and not math.isfinite(value):
-        return repr(value)
-    text = json.dumps(value) if _jsonable(value) else repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def parse_request(parts, headers=None, *, model_name: str = "MODEL", num_labels: int = 2, defaults=None,
@@ -425,6 +325,8 @@ def parse_request(parts, headers=None, *, model_name: str = "MODEL", num_labels:
     encoding = check_encoding(fields)
     if set(encoding["outputs"] or ()) & set(ENDPOINT_NAMES):
         options["endpoints"] = True   # the engine then keeps x and b (layer_input, layer_baseline)
+    if set(encoding["outputs"] or ()) & set(IDGI_NAMES):
+        options["idgi"] = True        # the engine then computes IDGI
     return Request(encoding=encoding, sequences=sequences, single=single, options=options,
                    want_json=wants_json(headers, explain), given=given, handoff=wants_handoff(headers))
 
@@ -452,7 +354,7 @@ def _join_query(fields: dict, from_query: dict) -> dict:
     joined = dict(fields)
     for name, value in from_query.items():
         if name in joined and joined[name] != value:
-            raise RequestError(f"{name} is {_show(value)} in the query string and {_show(joined[name])} in the body: "
+            raise RequestError(f"{name} is {show(value)} in the query string and {show(joined[name])} in the body: "
                                "give it in one place")
         joined[name] = value
     return joined

@@ -29,7 +29,7 @@ from ..engine.models import load_model
 from ..engine.precision import PRECISIONS
 from ..engine.quadrature import METHODS
 from .batching import plan_units
-from .guards import check_answer_size, check_work, sentence_lengths, work_budget
+from .guards import check_answer_size, check_work, counted_steps, sentence_lengths, work_budget
 from .handoff import HandoffDir
 from .replies import Reply, answer_reply, error_reply, refuse_non_finite
 from .request import DEFAULT_LIMITS, DEFAULT_OPTIONS, RequestError, parse_request
@@ -157,7 +157,7 @@ class AttributionService:
                 "deadline": deadline}
 
     def _work_of(self, request) -> float:
-        return request_work(request.lengths, request.options["n_steps"], self.layers, self.hidden) / G
+        return request_work(request.lengths, counted_steps(request.options)[0], self.layers, self.hidden) / G
 
     def _unit_budget(self) -> float | None:
         """The most work (G MACs) one unit may hold: what this worker does in BUDGET_SHARE of its response timeout

@@ -213,6 +213,22 @@ def test_cli_in_process_exit_codes(stub, tmp_path, capsys):
         main([str(source), "--url", stub.url, "-o", str(tmp_path / "x"), "--method", "simpson"])
 
 
+def test_cli_auto_steps_and_their_flags(stub, tmp_path):
+    """--n-steps auto with --tolerance reaches the server; the index records the points the engine chose."""
+    source = write_lines(tmp_path / "in.txt", ["good film"])
+    output = tmp_path / "out"
+    assert main([str(source), "--url", stub.url, "-o", str(output), "--n-steps", "auto", "--tolerance", "0.05",
+                 "--max-steps", "40", "--no-progress"]) == 0
+    record = read_index(output / "index.jsonl")[1]
+    assert record["options"] == {"n_steps": "auto", "tolerance": 0.05, "max_steps": 40}
+    answer = intgrads.load_answer(output / record["file"])
+    assert answer["method"] == "adaptive" and answer["max_steps"] == 40
+    assert record["n_steps"] == record["gradient_evaluations"] == answer["n_steps"] == answer["alphas"].shape[0]
+    for bad in (["--tolerance", "0.05"], ["--n-steps", "auto", "--tolerance", "2"], ["--n-steps", "some"]):
+        with pytest.raises(SystemExit):
+            main([str(source), "--url", stub.url, "-o", str(tmp_path / "x"), *bad])
+
+
 def _cli(args, **kwargs):
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.Popen([sys.executable, "-m", "intgrads.client", *args], cwd=ROOT, env=env,

@@ -129,3 +129,24 @@ def test_render_command_and_bad_inputs(bundle, tmp_path, capsys):
         "integrated_gradients", "intermediate_gradients", "step_sizes", "intermediates")}))
     assert main(["render", str(old), "-o", str(tmp_path / "old.png")]) == 2
     assert "lacks tokens" in capsys.readouterr().err
+
+
+def test_auto_answer_picture_marks_its_points_and_shows_itself_in_a_notebook(bundle, tmp_path):
+    """An n_steps "auto" answer is drawn at its own alphas (ticks mark them); a Picture's repr is one line and it
+    renders itself as PNG and HTML for a notebook."""
+    answer = intgrads.attribute(bundle, SENTENCE, n_steps="auto", target=1)
+    alphas, accumulated = accumulated_attributions(answer)
+    np.testing.assert_array_equal(alphas, answer["alphas"].double().numpy())
+    attributions = answer["token_attributions"].double().numpy()
+    np.testing.assert_allclose(accumulated[-1], attributions, rtol=0, atol=1e-5 * np.abs(attributions).max())
+    figure = make_figure(answer)
+    ticks = [c for ax in figure.axes for c in ax.collections if c.get_gid() == "path-points"]
+    assert len(ticks) == 1 and len(ticks[0].get_segments()) == answer["n_steps"]
+    picture = render_answer(answer, tmp_path / "auto.png")
+    assert repr(picture) == f"<Picture: {len(answer['tokens'])} tokens, {answer['n_steps']} path points, " \
+                            f"{str(tmp_path / 'auto.png')!r}>"
+    assert picture._repr_png_()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert picture._repr_html_().startswith("<img ") and "data:image/png;base64," in picture._repr_html_()
+    page = render_answer(answer, tmp_path / "auto.html")
+    assert (tmp_path / "auto.html").read_text(encoding="utf-8").count('class="path-points"') == 1
+    assert len(page.alphas) == answer["n_steps"]

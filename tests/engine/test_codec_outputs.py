@@ -31,7 +31,8 @@ def snippet_load(payload: bytes):
 def test_names_agree():
     assert tuple(DTYPES) == DTYPE_NAMES
     assert set(OUTPUT_NAMES) <= {"integrated_gradients", "intermediate_gradients", "step_sizes", "intermediates",
-                                 "tokens", "input_ids", "token_attributions", "logits", "convergence_delta"}
+                                 "alphas", "step_outputs", "tokens", "input_ids", "token_attributions", "logits",
+                                 "convergence_delta"}
 
 
 def test_default_is_unchanged(answer):

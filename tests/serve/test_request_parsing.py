@@ -62,17 +62,21 @@ def test_answer_size_estimate():
 
 
 def test_answer_size_estimate_follows_dtype_and_outputs():
-    # hand formula: float elements x bytes each, plus the fixed small part (64 bytes a token, 4096)
+    # hand formula: float elements x bytes each (step sizes, alphas and step outputs: 3 per step), plus the fixed
+    # small part (64 bytes a token, 4096)
     tokens, hidden, steps = 100, 768, 50
     small = 64 * tokens + 4096
-    full = 4 * (tokens * hidden * (2 * steps + 1) + steps + 2 * tokens) + small
+    full = 4 * (tokens * hidden * (2 * steps + 1) + 3 * steps + 2 * tokens) + small
     assert estimate_answer_bytes(tokens, hidden, steps) == full
     assert estimate_answer_bytes(tokens, hidden, steps, dtype="float16") == 2 * (full - small) // 4 + small
     no_intermediates = ["integrated_gradients", "intermediate_gradients", "step_sizes", "tokens"]
     assert estimate_answer_bytes(tokens, hidden, steps, outputs=no_intermediates) == \
-        4 * (tokens * hidden * (steps + 1) + steps + 2 * tokens) + small
+        4 * (tokens * hidden * (steps + 1) + 3 * steps + 2 * tokens) + small
     assert estimate_answer_bytes(tokens, hidden, steps, dtype="float16", outputs=["integrated_gradients"]) == \
-        2 * (tokens * hidden + steps + 2 * tokens) + small
+        2 * (tokens * hidden + 3 * steps + 2 * tokens) + small
+    # IDGI, only when named: one more (T, H) tensor and its (T,) sum
+    assert estimate_answer_bytes(tokens, hidden, steps, outputs=["integrated_gradients", "idgi"]) == \
+        4 * (2 * tokens * hidden + 3 * steps + 3 * tokens) + small
 
 
 def test_envelope_instance_with_typed_values_is_read_as_json():
@@ -177,3 +181,73 @@ def test_a_caller_on_another_machine_needs_the_key():
         with pytest.raises(Refused) as refused:
             check_key(request("192.0.2.9", sent), "k3y")
         assert refused.value.reply.status == 401 and "Token Authorization failed" in refused.value.reply.body
+
+
+def test_n_steps_auto_with_its_tolerance_and_cap():
+    """JSON and form: "auto" fills in tolerance 0.01 and max_steps 128 (or the server's --max-steps when lower);
+    naming "idgi" in outputs asks the engine for it and brings its token sums."""
+    auto = parse_request({"body": b'{"sequence": "good", "n_steps": "auto"}'}, JSON)
+    assert auto.options["n_steps"] == "auto" and (auto.options["tolerance"], auto.options["max_steps"]) == (0.01, 128)
+    low = parse_request({"body": {"sequence": "good", "n_steps": "auto"}}, JSON, limits={"max_steps": 40})
+    assert low.options["max_steps"] == 40
+    form = parse_request({"sequence": b"good", "n_steps": b"auto", "tolerance": b"0.001", "max_steps": b"64",
+                          "outputs": b"token_attributions,idgi"}, {})
+    assert (form.options["n_steps"], form.options["tolerance"], form.options["max_steps"]) == ("auto", 0.001, 64)
+    assert form.options["idgi"] is True
+    assert form.encoding["outputs"] == ["token_attributions", "idgi", "idgi_token_attributions"]
+    fixed = parse_request({"body": {"sequence": "good", "n_steps": 8}}, JSON)
+    assert "tolerance" not in fixed.options and "max_steps" not in fixed.options and "idgi" not in fixed.options
+
+
+@pytest.mark.parametrize("fields, status, words", [
+    ({"n_steps": "automatic"}, 400, 'n_steps must be an integer from 1 to 500, or "auto"'),
+    ({"n_steps": "auto", "tolerance": 0}, 400, "tolerance must be a number between 0 and 1"),
+    ({"n_steps": "auto", "tolerance": 1}, 400, "tolerance must be a number between 0 and 1"),
+    ({"n_steps": "auto", "tolerance": -0.5}, 400, "tolerance must be"),
+    ({"n_steps": "auto", "tolerance": "0.01"}, 400, "tolerance must be"),
+    ({"n_steps": "auto", "tolerance": True}, 400, "tolerance must be"),
+    ({"n_steps": "auto", "tolerance": None}, 400, "tolerance must be"),
+    ({"n_steps": "auto", "max_steps": 8}, 400, "max_steps must be an integer from 9 to 500"),
+    ({"n_steps": "auto", "max_steps": 64.5}, 400, "max_steps must be an integer"),
+    ({"n_steps": "auto", "max_steps": 501}, 413, "max_steps is 501; this server takes at most 500"),
+    ({"n_steps": 20, "tolerance": 0.01}, 400, 'tolerance and max_steps go with "n_steps": "auto"'),
+    ({"max_steps": 64}, 400, 'tolerance and max_steps go with "n_steps": "auto"'),
+], ids=["not-auto", "tol-0", "tol-1", "tol-negative", "tol-string", "tol-bool", "tol-null", "cap-low", "cap-float",
+        "cap-over-limit", "tol-without-auto", "cap-without-auto"])
+def test_bad_auto_fields(fields, status, words):
+    with pytest.raises(RequestError) as error:
+        parse_request({"body": {"sequence": "good", **fields}}, JSON)
+    assert error.value.status == status and words in error.value.message
+
+
+def test_bad_auto_form_fields_and_a_server_too_small_for_auto():
+    with pytest.raises(RequestError) as error:
+        parse_request({"sequence": b"good", "n_steps": b"auto", "tolerance": b"tight"}, {})
+    assert error.value.status == 400 and "tolerance must be a number between 0 and 1" in error.value.message
+    with pytest.raises(RequestError) as error:
+        parse_request({"body": {"sequence": "good", "n_steps": "auto"}}, JSON, limits={"max_steps": 8})
+    assert error.value.status == 413 and "starts with 9 points" in error.value.message
+
+
+def test_guards_count_auto_at_its_cap(bundles):
+    """The answer-size and work checks count an auto request at max_steps (it may need fewer) and say so."""
+    from intgrads.serving.guards import check_answer_size, check_work
+
+    model = bundles["bert"].model
+    auto = parse_request({"body": {"sequence": "good", "n_steps": "auto", "max_steps": 100}}, JSON)
+    fixed = parse_request({"body": {"sequence": "good", "n_steps": 100}}, JSON)
+    with pytest.raises(RequestError) as size:
+        check_answer_size(auto, [300], 384, limit=estimate_answer_bytes(300, 384, 99))
+    assert size.value.status == 413 and "counted at its cap max_steps = 100" in size.value.message
+    check_answer_size(auto, [300], 384, limit=2 * estimate_answer_bytes(300, 384, 100))
+    with pytest.raises(RequestError) as work:
+        check_work(auto, [300], model, budget_gmac=1.0, response_timeout=60)
+    with pytest.raises(RequestError) as same:
+        check_work(fixed, [300], model, budget_gmac=1.0, response_timeout=60)
+    assert work.value.extra["work_gmac"] == same.value.extra["work_gmac"]
+    assert "n_steps auto, counted at its cap" in work.value.message and "lower max_steps" in work.value.message
+    assert "max_steps" not in same.value.message
+    big = parse_request({"body": {"sequence": "good", "n_steps": "auto", "max_steps": 400}}, JSON)
+    with pytest.raises(RequestError) as most:   # the rule never uses more than 3 x 63 points
+        check_work(big, [300], model, budget_gmac=1.0, response_timeout=60)
+    assert "189 steps" in most.value.message

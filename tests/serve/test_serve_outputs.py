@@ -61,6 +61,17 @@ def test_outputs_list_of_sequences_and_form(server):
     assert "integrated_gradients" in answer and "intermediates" not in answer
 
 
+def test_auto_steps_and_idgi(server, direct):
+    """n_steps "auto" with IDGI named: the served answer is the engine's, and a bad tolerance is a 400."""
+    payload = {"sequence": SENTENCE, "n_steps": "auto", "tolerance": 0.02, "outputs": list(OUTPUT_NAMES) + ["idgi"]}
+    served = decode(post_json(server.url("bert"), payload))
+    assert_same_answer(served, direct("bert", SENTENCE, n_steps="auto", tolerance=0.02, idgi=True))
+    assert served["method"] == "adaptive" and served["n_steps"] == served["alphas"].shape[0]
+    assert {"idgi", "idgi_token_attributions", "gradient_evaluations"} <= set(served)
+    bad = post_json(server.url("bert"), {"sequence": SENTENCE, "n_steps": "auto", "tolerance": 2})
+    assert bad.status_code == 400 and "tolerance must be a number between 0 and 1" in bad.json()["error"]
+
+
 @pytest.mark.parametrize("payload, words", [
     ({"dtype": "float64"}, "dtype must be one of float32, float16"),
     ({"dtype": 16}, "dtype must be one of"),
