@@ -4,6 +4,7 @@ response timeout (real TorchServe, batch size 4, a 12 s response timeout)."""
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -11,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 import intgrads
-from intgrads.engine.budget import deadline_for
+from intgrads.engine.budget import deadline_for, request_work
 
 from .conftest import post_json, start_server
 
@@ -40,7 +41,13 @@ def test_four_requests_that_each_fit_are_all_answered(batch_server):
         probe = post_json(url, {"sequence": SENTENCE, "n_steps": steps})
         assert probe.status_code == 200, probe.text
     per_step = float(probe.headers["X-Intgrads-Engine-Ms"]) / 1e3 / 40
-    steps = max(20, min(2000, int(0.4 * deadline / per_step)))
+    # ... and within the work budget each request must fit (a faster machine would otherwise ask for more)
+    described = batch_server.manage("GET", "/models/bert?customized=true").json()[0]["customizedMetadata"]
+    budget = json.loads(described)["limits"]["max_work_gmac"] if isinstance(described, str) else \
+        described["limits"]["max_work_gmac"]
+    tokens = len(intgrads.decode_answer(probe.content)["tokens"])
+    per_step_work = request_work([tokens], 1, 6, 384) / 1e9
+    steps = max(20, min(2000, int(0.4 * deadline / per_step), int(0.9 * budget / per_step_work)))
     barrier = threading.Barrier(4)
 
     def send(index):
