@@ -15,24 +15,14 @@ import argparse
 import signal
 import sys
 
-from ..client.cli import input_flags, read_input, request_flags
+from ..client.cli import input_flags, positive_int, read_input, request_flags
 from ..client.index import OutputBusy
 from ..client.report import print_report
-from ..launcher.cli import check_engine_limits, engine_limit_flags, model_flags
+from ..launcher.cli import check_engine_limits, engine_limit_flags, model_flags, where_flags
 from ..launcher.paths import LaunchError
 from .job import PROGRAM
 
 INTERRUPTED = {signal.SIGINT: 130, signal.SIGTERM: 143}
-
-
-def _count(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer; got {value!r}")
-    return number
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,23 +52,20 @@ def build_parser() -> argparse.ArgumentParser:
     limits.add_argument("--no-truncate", action="store_true",
                         help="a sentence longer than --max-tokens fails (recorded in the index) instead of being cut")
     _worker_flags(parser.add_argument_group("workers and cluster"))
-    parser.set_defaults(cuda=False)
     return parser
 
 
 def _worker_flags(workers):
-    where = workers.add_mutually_exclusive_group()
-    where.add_argument("--cuda", dest="cuda", action="store_true", help="run the workers on GPUs")
-    where.add_argument("--cpu", dest="cuda", action="store_false", help="run the workers on the CPU (default)")
-    workers.add_argument("--num-cuda-devs", type=_count, default=None, metavar="N",
+    where_flags(workers)
+    workers.add_argument("--num-cuda-devs", type=positive_int, default=None, metavar="N",
                          help="with --cuda: use N GPUs (default: every GPU of this machine, or of the cluster)")
-    workers.add_argument("--workers-per-gpu", type=_count, default=2, metavar="N",
+    workers.add_argument("--workers-per-gpu", type=positive_int, default=2, metavar="N",
                          help="with --cuda: workers per GPU, each 1/N of it (default 2: one encodes and writes "
                               "while the other computes)")
-    workers.add_argument("--workers", type=_count, default=None, metavar="N",
+    workers.add_argument("--workers", type=positive_int, default=None, metavar="N",
                          help="on CPU: workers (default: one per core, at most 4; on a cluster, one per node), each "
                               "with cores/N torch threads")
-    workers.add_argument("--batch-size", type=_count, default=1, metavar="N",
+    workers.add_argument("--batch-size", type=positive_int, default=1, metavar="N",
                          help="sentences a worker runs together (default 1: each alone, bit for bit the server's "
                               "answer; N > 1: one engine call in buckets of similar length, equal to 1e-5)")
     workers.add_argument("--ray-address", metavar="HOST:PORT",

@@ -23,7 +23,7 @@ def _target(value: str):
         raise argparse.ArgumentTypeError(f"target must be an integer class or 'predicted'; got {value!r}") from None
 
 
-def _positive_int(value: str) -> int:
+def positive_int(value: str) -> int:
     try:
         number = int(value)
     except ValueError:
@@ -52,7 +52,7 @@ def request_flags(parser) -> None:
     from ..engine.quadrature import METHODS
 
     parser.add_argument("--target", type=_target, help="class whose logit is attributed, or 'predicted'")
-    parser.add_argument("--n-steps", type=_positive_int, help="quadrature steps")
+    parser.add_argument("--n-steps", type=positive_int, help="quadrature steps")
     parser.add_argument("--method", choices=METHODS, help="quadrature rule")
     parser.add_argument("--baseline", choices=BASELINES, help="baseline")
     parser.add_argument("--precision", choices=PRECISIONS,
@@ -72,7 +72,7 @@ def _send_parser() -> argparse.ArgumentParser:
     auth = parser.add_mutually_exclusive_group()
     auth.add_argument("--token", help=f"inference key (default: ${TOKEN_ENV} if set)")
     auth.add_argument("--key-file", help="TorchServe's key_file.json: its inference key is used")
-    parser.add_argument("-j", "--concurrency", type=_positive_int, default=4, help="requests in flight (default 4)")
+    parser.add_argument("-j", "--concurrency", type=positive_int, default=4, help="requests in flight (default 4)")
     parser.add_argument("--retries", type=int, default=5, help="tries after a 5xx or connection error (default 5)")
     parser.add_argument("--backoff", type=float, default=1.0, help="first retry wait in seconds, doubled each "
                                                                     "time (default 1)")
@@ -84,7 +84,7 @@ def _send_parser() -> argparse.ArgumentParser:
                         help="whose bodies to take compact, x and b instead of the intermediates (about half the "
                              "bytes), rebuilt here into the same answer file: servers on other machines (default), "
                              "all, or none")
-    parser.add_argument("--max-answer-bytes", type=_positive_int, default=DEFAULT_MAX_ANSWER_BYTES, metavar="N",
+    parser.add_argument("--max-answer-bytes", type=positive_int, default=DEFAULT_MAX_ANSWER_BYTES, metavar="N",
                         help="the largest answer body taken from a server, in bytes (default 2 GiB); a larger one "
                              "is refused without reading it all")
     return parser

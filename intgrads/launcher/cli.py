@@ -79,10 +79,16 @@ def model_flags(models):
                         help="name in the URL /predictions/NAME (default: bert, xlnet-base, xlnet-large, hf, demo)")
 
 
-def _device_flags(device):
+def where_flags(device):
+    """--cuda / --cpu (also the batch job's); ``cuda`` is False unless --cuda."""
     where = device.add_mutually_exclusive_group()
     where.add_argument("--cuda", dest="cuda", action="store_true", help="run the workers on GPUs")
     where.add_argument("--cpu", dest="cuda", action="store_false", help="run the workers on the CPU (default)")
+    device.set_defaults(cuda=False)
+
+
+def _device_flags(device):
+    where_flags(device)
     device.add_argument("--num-cuda-devs", type=int, default=1, metavar="N",
                         help="with --cuda: spread the workers over GPUs 0..N-1 (default 1)")
     device.add_argument("--workers-per-gpu", type=int, default=2, metavar="N",
