@@ -94,7 +94,8 @@ def test_ctrl_c_leaves_whole_files_and_no_ray_process(hf_files, short_tmp):
 def test_sigkill_of_the_driver_the_watchdog_stops_the_head_and_a_rerun_does_the_rest(hf_files, two_nodes, oracle,
                                                                                      short_tmp):
     """SIGKILL of the driver: the watchdog stops the run's head. The rerun (on the two-node cluster, sentences run
-    together three at a time) takes the whole files in, computes only the rest, each equal to the engine's to 1e-5."""
+    together three at a time, in blocks a streaming repartition cuts) takes the whole files in and computes only
+    the rest, each equal to the engine's to 1e-5."""
     tmp = short_tmp
     child, source, output, lines = start_slow_run(hf_files, tmp)
     try:
@@ -111,7 +112,7 @@ def test_sigkill_of_the_driver_the_watchdog_stops_the_head_and_a_rerun_does_the_
     files = sorted(path.name for path in output.glob("*.gzip"))
     indexed = len(read_index(output / "index.jsonl"))
     rerun = run_batch([*two_nodes.flags(), "--hf-model", hf_files.weights, source, "-o", output, *SLOW,
-                       "--batch-size", "3"], env=batch_env(tmp))
+                       "--batch-size", "3"], env={**batch_env(tmp), "INTGRADS_BATCH_DIRECT_BLOCKS": "0"})
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"{len(lines) - len(files)} answered, {len(files)} already there, 0 failed" in rerun.stderr
     if len(files) > indexed:
