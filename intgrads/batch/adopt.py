@@ -4,7 +4,8 @@ A worker renames an answer into place before its row reaches the driver, so a dr
 leave a few whole answer files with no index record. A rerun looks at those files only (a line whose record is
 missing while its ``NNNNNN.gzip`` is there) and keeps one when it decodes whole and is the answer the run asks
 for: the sentence's tokens, the options, the dtype and the outputs. Its record then says ``"recovered": true``;
-any other file is computed again (and replaced).
+any other file is computed again (and replaced), and so is an answer without the keys its record is read from
+(``tokens``, ``token_attributions``, ``logits``: ``--outputs`` without them).
 """
 
 from __future__ import annotations

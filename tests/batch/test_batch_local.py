@@ -11,6 +11,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import torch
+
 import intgrads
 from intgrads.client import read_index
 from intgrads.launcher.ray_cluster import cluster_processes
@@ -37,13 +39,14 @@ def wait_for(predicate, seconds: float, step: float = 0.1):
     return predicate()
 
 
-def start_slow_run(hf_files, tmp: Path, count: int = 16) -> tuple[subprocess.Popen, Path, Path, list[str]]:
+def start_slow_run(hf_files, tmp: Path, count: int = 16, extra=()) -> tuple[subprocess.Popen, Path, Path, list[str]]:
     """A run on this machine's own head, slow enough to be stopped midway; SIGINT as a terminal would send it
     (reset to the default: a shell running the tests in the background ignores it)."""
     lines = [f"review {i}: the plot was fine but the music was dull and the ending felt rushed" for i in range(count)]
     source = write_lines(tmp / "in.txt", lines)
     output = tmp / "out"
-    child = subprocess.Popen(BATCH + ["--hf-model", str(hf_files.weights), str(source), "-o", str(output), *SLOW],
+    child = subprocess.Popen(BATCH + ["--hf-model", str(hf_files.weights), str(source), "-o", str(output), *SLOW,
+                                      *extra],
                              cwd=ROOT, env=batch_env(tmp), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     return child, source, output, lines
@@ -76,8 +79,10 @@ def test_the_readme_command_runs_and_leaves_no_ray_process(short_tmp):
 
 
 def test_ctrl_c_leaves_whole_files_and_no_ray_process(hf_files, short_tmp):
+    """Ctrl-C: exit 130, only whole answer files (here float16, three keys) and the index, no Ray process."""
     tmp = short_tmp
-    child, _, output, lines = start_slow_run(hf_files, tmp)
+    child, _, output, lines = start_slow_run(hf_files, tmp, extra=["--dtype", "float16", "--outputs",
+                                                                     "integrated_gradients,tokens,logits"])
     try:
         assert wait_for(lambda: len(list(output.glob("*.gzip"))) >= 2, 120), child.stderr.read()
         folder = own_folder(tmp)
@@ -88,7 +93,12 @@ def test_ctrl_c_leaves_whole_files_and_no_ray_process(hf_files, short_tmp):
     assert child.returncode == 130 and "interrupted" in err, err[-2000:]
     assert not folder.exists() and cluster_processes(folder) == {}
     assert_whole(output)
-    assert len(read_index(output / "index.jsonl")) < len(lines)
+    records = read_index(output / "index.jsonl")
+    assert len(records) < len(lines)
+    assert all(record["options"] == {"n_steps": 200, "dtype": "float16",
+                                     "outputs": ["integrated_gradients", "tokens", "logits"]} for record in records.values())
+    answer = intgrads.load_answer(next(output.glob("*.gzip")))
+    assert answer["integrated_gradients"].dtype == torch.float16 and "intermediate_gradients" not in answer
 
 
 def test_sigkill_of_the_driver_the_watchdog_stops_the_head_and_a_rerun_does_the_rest(hf_files, two_nodes, oracle,
