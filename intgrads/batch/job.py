@@ -71,8 +71,7 @@ def _cluster(args, output: Path, tasks: int):
     if args.ray_address:
         cluster.token_settings(args.ray_token_file)
         try:
-            layout = cluster_layout(args, cluster.connect(args.ray_address))
-            yield dataclasses.replace(layout, workers=min(layout.workers, tasks))
+            yield cluster_layout(args, cluster.connect(args.ray_address), tasks)
         finally:
             cluster.disconnect()
         return

@@ -4,6 +4,7 @@ own messages (``intgrads.serving.request``), the limits, and the workers' layout
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,20 +102,28 @@ def local_layout(args) -> tuple[Layout, int, int]:
     return Layout(workers, threads, threads, 0), workers * threads + 1, 0
 
 
-def cluster_layout(args, cluster: dict) -> Layout:
+def cluster_layout(args, cluster: dict, tasks: int) -> Layout:
     """The workers on a running cluster (``cluster`` from :func:`intgrads.batch.cluster.connect`). GPU:
     ``--workers-per-gpu`` per GPU of the cluster (or ``--num-cuda-devs`` GPUs). CPU: ``--workers`` (default: one per
-    node), each with the CPUs it may take while one CPU stays free for Ray Data's own tasks."""
+    node), each with the CPUs it may take while one CPU stays free for Ray Data's own tasks. No more workers than
+    ``tasks``; LaunchError (exit 2) when they do not fit."""
     if args.cuda:
         gpus = args.num_cuda_devs or cluster["gpus"]
         if gpus < 1:
             raise LaunchError("--cuda: the Ray cluster has no GPU", code=2)
         workers = args.workers_per_gpu * gpus
-        threads = max(1, min(cluster["min_node_cpus"], cluster["cpus"] // workers))
-        return Layout(workers, threads, 1, 1 / args.workers_per_gpu)
-    workers = args.workers or cluster["nodes"]
-    threads = max(1, min(cluster["min_node_cpus"], (cluster["cpus"] - 1) // workers))
-    return Layout(workers, threads, threads, 0)
+        layout = Layout(workers, max(1, min(cluster["min_node_cpus"], cluster["cpus"] // workers)), 1,
+                        1 / args.workers_per_gpu)
+    else:
+        workers = args.workers or cluster["nodes"]
+        threads = max(1, min(cluster["min_node_cpus"], (cluster["cpus"] - 1) // workers))
+        layout = Layout(workers, threads, threads, 0)
+    layout = dataclasses.replace(layout, workers=min(layout.workers, tasks))
+    if layout.workers * layout.cpus > cluster["cpus"] - 1:   # the pool would wait for workers that never start
+        raise LaunchError(f"{layout.workers} worker(s) of {layout.cpus:g} CPU each do not fit the Ray cluster's "
+                          f"{cluster['cpus']} CPUs with one left for Ray Data's own tasks: ask for fewer "
+                          "(--workers, --workers-per-gpu)", code=2)
+    return layout
 
 
 def _visible_gpus() -> int:

@@ -50,3 +50,23 @@ def test_no_model_no_input_and_an_empty_input(hf_files, tmp_path, capsys):
     with pytest.raises(SystemExit) as parsed:
         main(["--hf-model", str(hf_files.weights), str(source), "-o", str(tmp_path / "out"), "--workers", "0"])
     assert parsed.value.code == 2
+
+
+def test_the_workers_layout_on_a_running_cluster():
+    """One worker per node by default, each with the CPUs it may take while one stays free for Ray Data's own
+    tasks; GPU workers 1/W of a GPU; a layout that cannot fit is refused (Ray Data would wait for it forever)."""
+    from types import SimpleNamespace
+
+    from intgrads.batch.plan import Layout, cluster_layout
+    from intgrads.launcher.paths import LaunchError
+
+    def flags(**given):
+        return SimpleNamespace(**{"cuda": False, "workers": None, "num_cuda_devs": None, "workers_per_gpu": 2, **given})
+
+    four_nodes = {"cpus": 32, "gpus": 8, "nodes": 4, "min_node_cpus": 8}
+    assert cluster_layout(flags(), four_nodes, tasks=1000) == Layout(4, 7, 7, 0)
+    assert cluster_layout(flags(workers=2), four_nodes, tasks=1000) == Layout(2, 8, 8, 0)
+    assert cluster_layout(flags(cuda=True), four_nodes, tasks=1000) == Layout(16, 2, 1, 0.5)
+    assert cluster_layout(flags(workers=8), four_nodes, tasks=3).workers == 3
+    with pytest.raises(LaunchError, match="do not fit the Ray cluster's 32 CPUs"):
+        cluster_layout(flags(workers=40), four_nodes, tasks=1000)
