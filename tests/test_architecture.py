@@ -25,7 +25,8 @@ MAX_MODULE_LINES = 500
 MAX_FUNCTION_LINES = 60
 
 FORBIDDEN_FOR_ENGINE_USERS = ("intgrads.serving", "intgrads.launcher", "intgrads.client", "intgrads.pictures",
-                              "intgrads.render", "intgrads.rayserve", "ts", "ray", "requests", "urllib3", "matplotlib")
+                              "intgrads.render", "intgrads.rayserve", "intgrads.batch", "ts", "ray", "requests",
+                              "urllib3", "matplotlib")
 
 
 def test_engine_call_path_loads_no_server_launcher_or_client(bert_files):
@@ -100,6 +101,8 @@ def _intgrads_rooms(names: set[str]) -> set[str]:
     ("client", {"client", "answer", "engine", "pictures", "system"}),
     ("rayserve", {"rayserve", "serving", "system"}),   # a front end: glue over the service
     ("launcher", {"launcher", "engine", "system"}),    # writes the Ray config by name: imports neither front end
+    # the batch job: the launcher's model flags and Ray head, the client's input and output, the service
+    ("batch", {"batch", "launcher", "client", "serving", "answer", "engine", "system"}),
 ])
 def test_rooms_import_only_toward_the_engine(room, allowed):
     for path in _room_files(room):
@@ -118,6 +121,12 @@ def test_handler_and_client_import_no_launcher_module():
     for path in [HANDLER, *_room_files("client")]:
         assert "launcher" not in _intgrads_rooms(_imports(path)), path
     assert _intgrads_rooms(_imports(HANDLER)) <= {"serving", "system"}   # glue over the service
+
+
+def test_no_room_imports_the_batch_job():
+    for path in _sources():
+        if not path.is_relative_to(PACKAGE / "batch"):
+            assert "batch" not in _intgrads_rooms(_imports(path)), path
 
 
 def test_the_archive_carries_engine_answer_and_serving_only(tmp_path):

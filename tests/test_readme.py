@@ -4,7 +4,8 @@ Every ```bash and ```python block of README.md is run in order from the project 
 server the first block starts (``./scripts/intgrads.sh --demo``, port 8888): the curl and the old tool's
 loading snippet, the JSON route, the scaling calls, the engine snippet, the batch client and the picture.
 ``./scripts/test.sh`` is the command running this test, so it is left to CI; the Ray Serve block (port 8898) is
-run by tests/serve/test_ray_frontend.py against the Ray cluster its first command starts. The ```text block of
+run by tests/serve/test_ray_frontend.py against the Ray cluster its first command starts, and the batch job's
+command (``--batch``) by tests/batch/test_batch_local.py. The ```text block of
 usage forms (paths to the user's own files) is checked against the launcher's argument parser, and the
 flags block against ``--help``. The stop command of the README ends the run.
 """
@@ -30,12 +31,19 @@ PORTS = (8888, 8889, 8890)
 MADE = ("saved_file.gzip", "sentences.txt", "answers", "attribution.png", "kserve-layout")
 STOP = "./scripts/intgrads.sh --stop"
 RAY_PORT = "8898"   # the Ray Serve block's commands: run by tests/serve/test_ray_frontend.py
+BATCH_FLAG = "--batch"   # the batch job's commands: run by tests/batch/test_batch_local.py
 
 
 def ray_commands() -> list[str]:
     """The README's Ray Serve commands, in order."""
     return [command for language, text in readme_blocks() if language == "bash"
             for command in shell_commands(text) if RAY_PORT in command]
+
+
+def batch_commands() -> list[str]:
+    """The README's batch job commands: run by tests/batch/test_batch_local.py (each starts a Ray head of its own)."""
+    return [command for language, text in readme_blocks() if language == "bash"
+            for command in shell_commands(text) if BATCH_FLAG in command.split()]
 
 
 def readme_blocks() -> list[tuple[str, str]]:
@@ -89,8 +97,8 @@ def test_readme_commands_run_as_written(readme_server):
     for language, text in readme_blocks():
         if language == "bash":
             for command in shell_commands(text):
-                if command.startswith("./scripts/test.sh") or RAY_PORT in command:
-                    continue  # this very suite, which CI runs; the Ray block, which test_ray_frontend.py runs
+                if command.startswith("./scripts/test.sh") or RAY_PORT in command or BATCH_FLAG in command.split():
+                    continue  # this very suite, which CI runs; the Ray block and the batch job, run elsewhere
                 outputs.append((command, run(command).stdout))
         elif language == "python":
             outputs.append(("python", run([sys.executable, "-c", python_source(text)]).stdout))

@@ -31,13 +31,15 @@ directory it holds ``.intgrads-client.lock`` there (host and pid; a lock left by
 host is taken over), so two runs cannot mix.
 
 Modules: ``inputs`` (reading sentences and keys), ``sender`` (:class:`Client`: HTTP, retries, runs), ``index``
-(answer files, ``index.jsonl``, the lock), ``cli`` (the command line). Pictures: :mod:`intgrads.pictures`.
+(answer files, ``index.jsonl``, the lock), ``report`` (the progress bar and closing lines), ``cli`` (the command
+line). Pictures: :mod:`intgrads.pictures`.
 """
 
 from .cli import main
 from .index import INDEX_NAME, LOCK_NAME, OutputBusy, read_index, write_index
 from .inputs import read_key_file, read_sentences
-from .sender import Client, ClientError, RunAborted, RunReport
+from .report import RunReport
+from .sender import Client, ClientError, RunAborted
 
 __all__ = ["Client", "ClientError", "RunAborted", "RunReport", "OutputBusy", "read_sentences", "read_key_file",
            "read_index", "write_index", "main", "INDEX_NAME", "LOCK_NAME"]

@@ -10,6 +10,7 @@ from pathlib import Path
 from .index import INDEX_NAME, OutputBusy
 from .inputs import read_sentences
 from .intake import DEFAULT_MAX_ANSWER_BYTES
+from .report import print_report
 from .sender import REBUILD_CHOICES, TOKEN_ENV, Client, RunAborted
 
 
@@ -22,7 +23,7 @@ def _target(value: str):
         raise argparse.ArgumentTypeError(f"target must be an integer class or 'predicted'; got {value!r}") from None
 
 
-def _positive_int(value: str) -> int:
+def positive_int(value: str) -> int:
     try:
         number = int(value)
     except ValueError:
@@ -32,11 +33,12 @@ def _positive_int(value: str) -> int:
     return number
 
 
-def _steps(value: str):
-    return "auto" if value == "auto" else _positive_int(value)
+def steps(value: str):
+    """--n-steps: a positive integer, or auto."""
+    return "auto" if value == "auto" else positive_int(value)
 
 
-def _fraction(value: str) -> float:
+def fraction(value: str) -> float:
     try:
         number = float(value)
     except ValueError:
@@ -46,40 +48,51 @@ def _fraction(value: str) -> float:
     return number
 
 
-def _send_parser() -> argparse.ArgumentParser:
-    from ..engine.baselines import BASELINES
-    from ..engine.precision import PRECISIONS
-    from ..engine.quadrature import METHODS
-
-    parser = argparse.ArgumentParser(
-        prog="intgrads-client",
-        description="Send sentences to intgrads servers; write one answer file per sentence and index.jsonl. "
-                    "(`intgrads-client render ANSWER.gzip -o out.png|out.html` draws an answer.)")
+def input_flags(parser) -> None:
+    """The input and output flags (also the batch job's): INPUT, -o, --format, --column."""
     parser.add_argument("input", nargs="?", default="-",
                         help="text file (one sentence a line), .csv/.tsv or .jsonl file, or - for stdin (default)")
     parser.add_argument("-o", "--output", required=True, help="directory for the answers and index.jsonl")
-    parser.add_argument("-u", "--url", action="append", required=True, metavar="URL",
-                        help="predictions URL, e.g. http://127.0.0.1:8080/predictions/bert (repeat, or separate "
-                             "with commas, for several servers: requests go round-robin)")
     parser.add_argument("--format", choices=("text", "csv", "jsonl"),
                         help="input format (default: from the file name; stdin: text)")
     parser.add_argument("--column", help="CSV column or JSONL key holding the sentence "
                                          "(default: sequence, sentence or text)")
+
+
+def request_flags(parser) -> None:
+    """The request options (also the batch job's): --target, --n-steps (auto: with --tolerance and --max-steps),
+    --method, --baseline, --precision; each left out is the server's default."""
+    from ..engine.baselines import BASELINES
+    from ..engine.precision import PRECISIONS
+    from ..engine.quadrature import METHODS
+
     parser.add_argument("--target", type=_target, help="class whose logit is attributed, or 'predicted'")
-    parser.add_argument("--n-steps", type=_steps, help="quadrature steps, or auto (the server refines each sentence "
-                                                       "until --tolerance)")
-    parser.add_argument("--tolerance", type=_fraction, help="with --n-steps auto: the relative error aimed for "
-                                                            "(server default 0.01)")
-    parser.add_argument("--max-steps", type=_positive_int, help="with --n-steps auto: the most steps (server default "
-                                                                "128)")
+    parser.add_argument("--n-steps", type=steps, help="quadrature steps, or auto (the engine refines each sentence "
+                                                     "until --tolerance)")
+    parser.add_argument("--tolerance", type=fraction, help="with --n-steps auto: the relative error aimed for "
+                                                           "(default 0.01)")
+    parser.add_argument("--max-steps", type=positive_int, help="with --n-steps auto: the most steps (default 128, or a "
+                                                               "server's --max-steps)")
     parser.add_argument("--method", choices=METHODS, help="quadrature rule")
     parser.add_argument("--baseline", choices=BASELINES, help="baseline")
     parser.add_argument("--precision", choices=PRECISIONS,
                         help="arithmetic of the model's passes (server default: float32; see the README)")
+
+
+def _send_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="intgrads-client",
+        description="Send sentences to intgrads servers; write one answer file per sentence and index.jsonl. "
+                    "(`intgrads-client render ANSWER.gzip -o out.png|out.html` draws an answer.)")
+    input_flags(parser)
+    parser.add_argument("-u", "--url", action="append", required=True, metavar="URL",
+                        help="predictions URL, e.g. http://127.0.0.1:8080/predictions/bert (repeat, or separate "
+                             "with commas, for several servers: requests go round-robin)")
+    request_flags(parser)
     auth = parser.add_mutually_exclusive_group()
     auth.add_argument("--token", help=f"inference key (default: ${TOKEN_ENV} if set)")
     auth.add_argument("--key-file", help="TorchServe's key_file.json: its inference key is used")
-    parser.add_argument("-j", "--concurrency", type=_positive_int, default=4, help="requests in flight (default 4)")
+    parser.add_argument("-j", "--concurrency", type=positive_int, default=4, help="requests in flight (default 4)")
     parser.add_argument("--retries", type=int, default=5, help="tries after a 5xx or connection error (default 5)")
     parser.add_argument("--backoff", type=float, default=1.0, help="first retry wait in seconds, doubled each "
                                                                     "time (default 1)")
@@ -91,10 +104,26 @@ def _send_parser() -> argparse.ArgumentParser:
                         help="whose bodies to take compact, x and b instead of the intermediates (about half the "
                              "bytes), rebuilt here into the same answer file: servers on other machines (default), "
                              "all, or none")
-    parser.add_argument("--max-answer-bytes", type=_positive_int, default=DEFAULT_MAX_ANSWER_BYTES, metavar="N",
+    parser.add_argument("--max-answer-bytes", type=positive_int, default=DEFAULT_MAX_ANSWER_BYTES, metavar="N",
                         help="the largest answer body taken from a server, in bytes (default 2 GiB); a larger one "
                              "is refused without reading it all")
     return parser
+
+
+def read_input(args, program: str):
+    """The ``(line, sentence)`` pairs of ``args.input`` (``--format``, ``--column``); None, once said why on
+    stderr, when it cannot be read; an empty list, once said so, when it holds none."""
+    try:
+        sentences = read_sentences(args.input, format=args.format, column=args.column)
+    except OSError as error:
+        print(f"{program}: cannot read {args.input}: {error.strerror or error}", file=sys.stderr)
+        return None
+    except ValueError as error:
+        print(f"{program}: {error}", file=sys.stderr)
+        return None
+    if not sentences:
+        print(f"{program}: no sentences in the input", file=sys.stderr)
+    return sentences
 
 
 def _render_parser() -> argparse.ArgumentParser:
@@ -145,17 +174,9 @@ def _main_send(argv) -> int:
                         max_answer_bytes=args.max_answer_bytes)
     except (OSError, ValueError) as error:
         parser.error(str(error))
-    try:
-        sentences = read_sentences(args.input, format=args.format, column=args.column)
-    except OSError as error:
-        print(f"intgrads-client: cannot read {args.input}: {error.strerror or error}", file=sys.stderr)
-        return 2
-    except ValueError as error:
-        print(f"intgrads-client: {error}", file=sys.stderr)
-        return 2
+    sentences = read_input(args, "intgrads-client")
     if not sentences:
-        print("intgrads-client: no sentences in the input", file=sys.stderr)
-        return 0
+        return 0 if sentences == [] else 2
     try:
         report = client.run(sentences, args.output, target=args.target, n_steps=args.n_steps, method=args.method,
                             baseline=args.baseline, precision=args.precision, tolerance=args.tolerance,
@@ -174,14 +195,5 @@ def _main_send(argv) -> int:
     if client.handoff_fallbacks:
         print(f"intgrads-client: the server's answer files could not be taken, so answers came in the body "
               f"({client.handoff_fallbacks[0]})", file=sys.stderr)
-    print(f"intgrads-client: {report.answered} answered, {report.skipped} already there, {report.failed} failed "
-          f"in {report.seconds:.1f} s; index: {report.index}", file=sys.stderr)
-    if report.warned:
-        print(f"intgrads-client: {report.warned} answer(s) with warnings (their \"warnings\" in {report.index})",
-              file=sys.stderr)
-    for line, error in sorted(report.errors.items())[:5]:
-        print(f"  line {line}: {error}", file=sys.stderr)
-    if len(report.errors) > 5:
-        print(f"  ... {len(report.errors) - 5} more in the index", file=sys.stderr)
+    print_report("intgrads-client", report)
     return 1 if report.failed else 0
-

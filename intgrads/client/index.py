@@ -1,8 +1,11 @@
-"""The output directory of a client run: answer files written atomically, ``index.jsonl`` (one record per
-sentence) and the lock that keeps two runs from mixing."""
+"""The output directory of a run (``intgrads-client``'s, ``intgrads-batch``'s): answer files written atomically,
+``index.jsonl`` (one record per sentence) and the lock that keeps two runs from mixing. :func:`open_output` is a
+run's whole life there: lock, leftovers removed, what is already answered, each new record appended as it comes,
+the index rewritten and the lock removed at the end, even an interrupted one."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -37,10 +40,10 @@ def write_atomically(path: Path, data: bytes) -> None:
         raise
 
 
-def lock_output(output: Path) -> Path:
-    """Create ``output/.intgrads-client.lock`` (host and pid), taking over a stale one left on this host."""
+def lock_output(output: Path, program: str = "intgrads-client") -> Path:
+    """Create ``output/.intgrads-client.lock`` (host, pid and program), taking over a stale one left on this host."""
     path = output / LOCK_NAME
-    mine = json.dumps({"host": socket.gethostname(), "pid": os.getpid()})
+    mine = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "program": program})
     for _ in range(2):
         try:
             descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -48,12 +51,13 @@ def lock_output(output: Path) -> Path:
             try:
                 holder = json.loads(path.read_text(encoding="utf-8"))
                 host, pid = str(holder["host"]), int(holder["pid"])
-            except (OSError, ValueError, KeyError, TypeError):
-                host, pid = "?", -1
+                other = str(holder.get("program") or "intgrads-client")
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                host, pid, other = "?", -1, "intgrads-client"
             if host == socket.gethostname() and not pid_alive(pid):
                 path.unlink(missing_ok=True)   # its client is gone
                 continue
-            raise OutputBusy(f"another intgrads-client (pid {pid} on {host}) is writing into {output}; "
+            raise OutputBusy(f"another {other} (pid {pid} on {host}) is writing into {output}; "
                              f"if it is no longer running, delete {path}") from None
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
             handle.write(mine)
@@ -109,3 +113,55 @@ def same_sentence(record, sentence: str) -> bool:
 def is_done(record, sentence, options, output) -> bool:
     return bool(record and not record.get("error") and record.get("file") and same_sentence(record, sentence)
                 and (record.get("options") or {}) == options and (output / record["file"]).is_file())
+
+
+def remove_own_temporaries(output: Path) -> None:
+    """Remove what an interrupted run of ours left (``OWN_TEMPORARY``), and nothing else."""
+    for leftover in output.glob("*.tmp"):
+        if OWN_TEMPORARY.match(leftover.name):
+            leftover.unlink(missing_ok=True)
+
+
+class OutputRun:
+    """A run's view of its output directory: ``records`` (line -> the index's record), ``todo`` (the
+    ``(line, sentence)`` pairs not answered yet with these options), and :meth:`add` for each new record."""
+
+    def __init__(self, output: Path, records: dict, todo: list):
+        self.output, self.records, self.todo = output, records, todo
+        self._handle = None
+
+    def add(self, record: dict) -> None:
+        """Keep ``record`` and append it to the index at once (the index is rewritten whole at the end)."""
+        self.records[record["line"]] = record
+        if self._handle is None:
+            self._handle = open(self.output / INDEX_NAME, "a", encoding="utf-8")
+        self._handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._handle.flush()
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+
+@contextlib.contextmanager
+def open_output(output, items, options: dict, program: str = "intgrads-client"):
+    """Lock ``output`` (made if missing), remove our leftovers, read the index and yield an :class:`OutputRun`
+    whose ``todo`` holds the ``items`` (``(line, sentence)``) not done with ``options``; on the way out, even
+    interrupted, the index is rewritten with one record per line and the lock removed."""
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    lock = lock_output(output, program)
+    try:
+        remove_own_temporaries(output)
+        index = output / INDEX_NAME
+        records = read_index(index)
+        todo = [(line, text) for line, text in items if not is_done(records.get(line), text, options, output)]
+        run = OutputRun(output, records, todo)
+        try:
+            yield run
+        finally:
+            run.close()
+            write_index(index, records)
+    finally:
+        lock.unlink(missing_ok=True)

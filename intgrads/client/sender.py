@@ -20,10 +20,8 @@ import queue
 import random
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
-from urllib.parse import urlsplit
 
 import requests
 import urllib3
@@ -31,9 +29,9 @@ import urllib3
 from ..answer.checks import MAX_REBUILD_STEPS, AnswerInvalid, decode_checked
 from ..answer.keys import COMPACT_OUTPUTS, ENDPOINT_NAMES, HANDOFF_HEADER, HANDOFF_REQUEST, SUMMARY_HEADER
 from .handoff import HandoffRefused, HandoffTaker, on_this_machine
-from .index import (INDEX_NAME, OWN_TEMPORARY, is_done, lock_output, read_index, sentence_fields, write_atomically,
-                    write_index)
+from .index import open_output, sentence_fields, write_atomically
 from .inputs import read_key_file
+from .report import RunReport, advance, progress_bar
 from .intake import (DEFAULT_MAX_ANSWER_BYTES, MAX_SMALL_BODY, AnswerRefused, Reply, check_asked, error_text, gunzip_if_needed,
                      index_fields, pointer_of, read_capped, rebuilt, retry_after, short)
 
@@ -77,24 +75,6 @@ class ClientError(Exception):
 
 class RunAborted(ClientError):
     """The run stopped because the server refused in a way no sentence can get past."""
-
-
-@dataclass
-class RunReport:
-    """What :meth:`Client.run` did."""
-
-    output: Path
-    total: int = 0          # sentences in the input
-    answered: int = 0       # answered in this run
-    skipped: int = 0        # already answered by an earlier run
-    failed: int = 0         # failed in this run (recorded in the index with their error)
-    warned: int = 0         # answered in this run with warnings (recorded in the index)
-    seconds: float = 0.0
-    errors: dict = field(default_factory=dict)   # line -> error message, for this run's failures
-
-    @property
-    def index(self) -> Path:
-        return self.output / INDEX_NAME
 
 
 def _request_options(target=None, n_steps=None, method=None, baseline=None, precision=None, tolerance=None,
@@ -183,44 +163,31 @@ class Client:
             raise ValueError(f"concurrency must be at least 1; got {concurrency}")
         items = _numbered(sentences)
         options = _request_options(target, n_steps, method, baseline, precision, tolerance, max_steps)
-        output = Path(output)
-        output.mkdir(parents=True, exist_ok=True)
-        lock = lock_output(output)
-        try:
-            for leftover in output.glob("*.tmp"):
-                if OWN_TEMPORARY.match(leftover.name):   # only what an interrupted run of ours left
-                    leftover.unlink(missing_ok=True)
-            index = output / INDEX_NAME
-            records = read_index(index)
-            todo = [(line, text) for line, text in items if not is_done(records.get(line), text, options, output)]
-            report = RunReport(output=output, total=len(items), skipped=len(items) - len(todo))
+        with open_output(output, items, options) as run:
+            report = RunReport(output=run.output, total=len(items), skipped=len(items) - len(run.todo))
             start = time.monotonic()
             try:
-                if todo:
-                    self._run_todo(todo, options, output, records, report, concurrency, progress)
+                if run.todo:
+                    self._run_todo(run, options, report, concurrency, progress)
             finally:
                 report.seconds = time.monotonic() - start
-                write_index(index, records)
-        finally:
-            lock.unlink(missing_ok=True)
         return report
 
-    def _run_todo(self, todo, options, output, records, report, concurrency, progress):
+    def _run_todo(self, run, options, report, concurrency, progress):
         tasks: queue.Queue = queue.Queue()
         results: queue.Queue = queue.Queue()
-        for item in todo:
+        for item in run.todo:
             tasks.put(item)
         stop = threading.Event()
-        workers = [threading.Thread(target=self._worker, args=(tasks, results, stop, options, output),
+        workers = [threading.Thread(target=self._worker, args=(tasks, results, stop, options, run.output),
                                     name=f"intgrads-client-{i}", daemon=True)
-                   for i in range(min(concurrency, len(todo)))]
-        bar = _progress_bar(len(todo), progress)
+                   for i in range(min(concurrency, len(run.todo)))]
+        bar = progress_bar(len(run.todo), progress)
         abort = None
-        index_handle = open(output / INDEX_NAME, "a", encoding="utf-8")
         try:
             for worker in workers:
                 worker.start()
-            pending = len(todo)
+            pending = len(run.todo)
             while pending:
                 try:
                     record, error = results.get(timeout=0.2)
@@ -234,22 +201,11 @@ class Client:
                         abort = abort or error
                         stop.set()
                     continue    # not the sentence's fault: leave it unrecorded, to be sent again
-                records[record["line"]] = record
-                index_handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-                index_handle.flush()
-                if error is None:
-                    report.answered += 1
-                    report.warned += bool(record.get("warnings"))
-                else:
-                    report.failed += 1
-                    report.errors[record["line"]] = record["error"]
-                if bar is not None:
-                    bar.update(1)
-                    if report.failed:
-                        bar.set_postfix(failed=report.failed, refresh=False)
+                run.add(record)
+                report.count(record)
+                advance(bar, report)
         finally:
             stop.set()
-            index_handle.close()
             if bar is not None:
                 bar.close()
         if abort is not None:
@@ -461,12 +417,3 @@ def _numbered(sentences) -> list[tuple[int, str]]:
     if len(set(lines)) != len(lines):
         raise ValueError("two sentences have the same line number")
     return items
-
-
-def _progress_bar(total, enabled):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit=" sentences", unit_scale=False, dynamic_ncols=True, smoothing=0.05,
-                desc="intgrads")

@@ -114,7 +114,7 @@ def build_archive(spec: ModelSpec, args, model_store: Path, config_props: dict, 
     extra.mkdir(parents=True, exist_ok=True)
     mar = model_store / f"{spec.name}.mar"
 
-    tokenizer_source = _tokenizer_source(spec, build)
+    tokenizer_source = tokenizer_directory(spec, build)
     tokenizer_files = _link_tokenizer(extra, tokenizer_source)
     _link_weights_and_config(spec, extra)
     code = _link_code(extra / "intgrads")
@@ -143,8 +143,9 @@ def build_archive(spec: ModelSpec, args, model_store: Path, config_props: dict, 
     return mar, True
 
 
-def _tokenizer_source(spec: ModelSpec, build: Path) -> Path | None:
-    """A tokenizer directory is packed as is; a hub name is resolved once into the build directory."""
+def tokenizer_directory(spec: ModelSpec, build: Path) -> Path | None:
+    """The tokenizer's directory: one given is used as is; a hub name is resolved once into ``build``
+    (resolved-tokenizer/); None for an hf model, whose own directory holds its tokenizer."""
     if spec.tokenizer and Path(spec.tokenizer).is_dir():
         return Path(spec.tokenizer)
     if spec.family != "hf":
@@ -274,8 +275,9 @@ def resolve_hub_tokenizer(spec: ModelSpec, name: str, directory: Path):
     tokenizer.save_pretrained(str(directory))
 
 
-def validate_model(spec: ModelSpec, tokenizer_source: Path | None, target=None):
-    """Load the model once here, so that a wrong file, config or tokenizer is reported before TorchServe starts."""
+def validate_model(spec: ModelSpec, tokenizer_source: Path | None, target=None) -> dict:
+    """Load the model once here, so that a wrong file, config or tokenizer is reported before TorchServe starts;
+    returns what the request checks need of it: ``num_labels`` and ``max_positions``."""
     from transformers.utils import logging as hf_logging
 
     from ..engine.models import load_model
@@ -294,6 +296,8 @@ def validate_model(spec: ModelSpec, tokenizer_source: Path | None, target=None):
                           f"(0..{bundle.num_labels - 1}); give one of them or 'predicted'", code=2)
     print(f"intgrads: checked {spec.name}: {bundle.family} ({bundle.layout} layout), {bundle.num_labels} labels, "
           f"layer {bundle.layer_name} ({time.time() - started:.1f} s)", flush=True)
+    facts = {"num_labels": bundle.num_labels, "max_positions": bundle.max_positions}
     del bundle
+    return facts
 
 

@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                "  intgrads -bp bert.pth --tokenizer ./bert-base-uncased --cpu\n"
                "  intgrads -xlb xlnet-base.pth --cuda --num-cuda-devs 4 -h 0.0.0.0 -p 8008\n"
                "  intgrads --demo\n  intgrads --stop -p 8008")
-    _model_flags(parser.add_argument_group("models"))
+    model_flags(parser.add_argument_group("models"))
     _device_flags(parser.add_argument_group("devices and workers"))
     _request_default_flags(parser.add_argument_group(
         "server-wide defaults for requests (a request may override them)"))
@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _model_flags(models):
+def model_flags(models):
+    """The model flags (also the batch job's): -bp, -xlb, -xll, --hf-model, --demo, --tokenizer, --config, --model-name."""
     models.add_argument("-bp", "--bert-path", metavar="PTH", help="state-dict .pth of a BERT sentiment classifier")
     models.add_argument("-xlb", "--xlnet-base-path", metavar="PTH", help="state-dict .pth of an XLNet-base classifier")
     models.add_argument("-xll", "--xlnet-large-path", metavar="PTH", help="state-dict .pth of an XLNet-large classifier")
@@ -78,10 +79,16 @@ def _model_flags(models):
                         help="name in the URL /predictions/NAME (default: bert, xlnet-base, xlnet-large, hf, demo)")
 
 
-def _device_flags(device):
+def where_flags(device):
+    """--cuda / --cpu (also the batch job's); ``cuda`` is False unless --cuda."""
     where = device.add_mutually_exclusive_group()
     where.add_argument("--cuda", dest="cuda", action="store_true", help="run the workers on GPUs")
     where.add_argument("--cpu", dest="cuda", action="store_false", help="run the workers on the CPU (default)")
+    device.set_defaults(cuda=False)
+
+
+def _device_flags(device):
+    where_flags(device)
     device.add_argument("--num-cuda-devs", type=int, default=1, metavar="N",
                         help="with --cuda: spread the workers over GPUs 0..N-1 (default 1)")
     device.add_argument("--workers-per-gpu", type=int, default=2, metavar="N",
@@ -110,27 +117,32 @@ def _request_default_flags(answer):
                         help="class whose logit is attributed: an index or 'predicted' (default 1)")
 
 
-def _limit_flags(limits):
-    limits.add_argument("--max-steps", type=int, default=500, metavar="N", help="largest n_steps accepted (default 500)")
+def engine_limit_flags(limits):
+    """The limits that shape an answer (also the batch job's): --max-tokens, --max-chars, --chunk-tokens, --gzip-level."""
     limits.add_argument("--max-tokens", type=int, default=512, metavar="N",
                         help="longer sentences are truncated to this many tokens (default 512, capped by the model)")
-    limits.add_argument("--max-sequences", type=int, default=16, metavar="N",
-                        help="most sentences in one request's \"sequences\" (default 16)")
     limits.add_argument("--max-chars", type=int, default=100_000, metavar="N",
                         help="longest sentence accepted, in characters (default 100000)")
     limits.add_argument("--chunk-tokens", type=int, default=DEFAULT_CHUNK_TOKENS, metavar="N",
                         help="bound memory: at most N (padded) tokens per forward/backward chunk when a request "
                              f"sets no internal_batch_size (default {DEFAULT_CHUNK_TOKENS}: 64 tokens x 50 steps in "
                              "one pass, a 512-token bert-base request under 4 GB on CPU; 0: all steps at once)")
+    limits.add_argument("--gzip-level", type=int, choices=(0, 1), default=None, metavar="{0,1}",
+                        help="answers' gzip: 1 compresses (ISA-L), 0 stores (~4x faster to write, ~8%% larger "
+                             "for float32 gradients); default 0 with --cuda, where encoding sets the pace, else 1")
+
+
+def _limit_flags(limits):
+    limits.add_argument("--max-steps", type=int, default=500, metavar="N", help="largest n_steps accepted (default 500)")
+    engine_limit_flags(limits)
+    limits.add_argument("--max-sequences", type=int, default=16, metavar="N",
+                        help="most sentences in one request's \"sequences\" (default 16)")
     limits.add_argument("--max-body-bytes", type=int, default=1_048_576, metavar="N",
                         help="largest request body accepted, in bytes (default 1 MB)")
     limits.add_argument("--max-work", type=float, default=None, metavar="G",
                         help="work budget per request, in G multiply-accumulates (sentences x tokens x steps x "
                              "model size; see the README, Limits); over it: 413 before any work (default: what a worker "
                              "does in half its response timeout; 0: no limit)")
-    limits.add_argument("--gzip-level", type=int, choices=(0, 1), default=None, metavar="{0,1}",
-                        help="answers' gzip: 1 compresses (ISA-L), 0 stores (~4x faster to write, ~8%% larger "
-                             "for float32 gradients); default 0 with --cuda, where encoding sets the pace, else 1")
     limits.add_argument("--handoff-max-bytes", type=int, default=4 * 1024 ** 3, metavar="N",
                         help="on loopback, answers asked for as files (X-Intgrads-Handoff: file, as intgrads-client "
                              "does) are written to the run directory's handoff/ and expire after 10 minutes; "
@@ -184,16 +196,14 @@ def check_flags(args):
     elif args.workers is not None and args.workers < 1:
         raise LaunchError("--workers must be at least 1", code=2)
     for flag, value in (("--batch-size", args.batch_size), ("--max-steps", args.max_steps),
-                        ("--max-tokens", args.max_tokens), ("--max-sequences", args.max_sequences),
-                        ("--max-chars", args.max_chars), ("--max-body-bytes", args.max_body_bytes)):
+                        ("--max-sequences", args.max_sequences), ("--max-body-bytes", args.max_body_bytes)):
         if value < 1:
             raise LaunchError(f"{flag} must be at least 1", code=2)
+    check_engine_limits(args)
     if args.handoff_max_bytes < 0:
         raise LaunchError("--handoff-max-bytes must be 0 (no hand-off) or more", code=2)
     if args.max_work is not None and args.max_work < 0:
         raise LaunchError("--max-work must be 0 (no limit) or more", code=2)
-    if args.chunk_tokens is not None and args.chunk_tokens < 0:
-        raise LaunchError("--chunk-tokens must be 0 (all steps at once) or more", code=2)
     if args.max_batch_delay < 0:
         raise LaunchError("--max-batch-delay must be 0 or more", code=2)
     if (args.ray_address or args.ray_token_file) and args.frontend != "ray":
@@ -209,6 +219,15 @@ def check_flags(args):
                               "request at a time; metrics and scaling go through the inference port and --scale)",
                               code=2)
     check_defaults(args)
+
+
+def check_engine_limits(args):
+    """--max-tokens and --max-chars at least 1, --chunk-tokens 0 or more (exit 2)."""
+    for flag, value in (("--max-tokens", args.max_tokens), ("--max-chars", args.max_chars)):
+        if value < 1:
+            raise LaunchError(f"{flag} must be at least 1", code=2)
+    if args.chunk_tokens is not None and args.chunk_tokens < 0:
+        raise LaunchError("--chunk-tokens must be 0 (all steps at once) or more", code=2)
 
 
 def check_defaults(args):

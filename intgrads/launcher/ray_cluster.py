@@ -104,9 +104,12 @@ def ray_command() -> str:
     return str(found)
 
 
-def start_head(folder: Path, ports: RayPorts, token_path: Path, *, cpus: int, gpus: int, log) -> None:
+def start_head(folder: Path, ports: RayPorts, token_path: Path, *, cpus: int, gpus: int, log, extra_args=(),
+               new_session: bool = False) -> None:
     """``ray start --head`` with every port from ``ports``, its temp dir ``folder`` (logs, sockets), the
-    dashboard on loopback; raises LaunchError with the tail of its output when it fails."""
+    dashboard on loopback (plus ``extra_args``); raises LaunchError with the tail of its output when it fails.
+    ``new_session``: Ray's daemons in a session of their own, out of reach of the terminal's Ctrl-C (the caller
+    stops them in order)."""
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     low, high = ports.workers
     command = [ray_command(), "start", "--head", "--temp-dir", str(folder), "--port", str(ports.gcs),
@@ -117,10 +120,11 @@ def start_head(folder: Path, ports: RayPorts, token_path: Path, *, cpus: int, gp
                "--dashboard-agent-grpc-port", str(ports.agent_grpc),
                "--runtime-env-agent-port", str(ports.runtime_env_agent),
                "--min-worker-port", str(low), "--max-worker-port", str(high),
-               "--num-cpus", str(cpus), "--num-gpus", str(gpus), "--disable-usage-stats"]
+               "--num-cpus", str(cpus), "--num-gpus", str(gpus), "--disable-usage-stats", *extra_args]
     with open(log, "ab") as out:
         result = subprocess.run(command, cwd=folder, env=ray_env(token_path, ports), stdout=out,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=300)
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=300,
+                                start_new_session=new_session)
     if result.returncode != 0:
         raise LaunchError(f"Ray's head did not start (exit {result.returncode})", log_tail=_tail(log))
 
