@@ -44,7 +44,6 @@ RULE_CHECK_STEPS = 1024            # up to here the step sizes are checked again
 MAX_REBUILD_STEPS = RULE_CHECK_STEPS
 FLOAT_DTYPES = (torch.float32, torch.float16)
 GZIP_WBITS = 31                    # zlib's window bits for a gzip container
-FEED = 64 * 1024                   # compressed bytes inflated at a time
 
 
 class AnswerInvalid(ValueError):
@@ -54,31 +53,25 @@ class AnswerInvalid(ValueError):
 def decompress_bounded(payload: bytes, limit: int | None = None) -> bytes:
     """The one gzip member in ``payload``, decompressed to at most ``limit`` bytes (default: MAX_INFLATION x its
     size + INFLATION_SLACK); raises :class:`AnswerInvalid` for more, for a stream cut short or with a bad
-    CRC-32, and for bytes after it. The input goes in FEED bytes at a time: deflate inflates a byte to at most
-    1032, so memory stays within the limit plus FEED x 1032 (66 MB) while refusing a bomb."""
+    CRC-32, and for bytes after it. One call inflates into one buffer capped at ``limit`` + 1 bytes (zlib's
+    ``max_length``), so memory stays within the limit while refusing a bomb, and the output is never copied."""
     if limit is None:
         limit = MAX_INFLATION * len(payload) + INFLATION_SLACK
     if payload[:2] != b"\x1f\x8b":
         raise AnswerInvalid("not a gzip answer")
     inflater = _zlib.decompressobj(GZIP_WBITS)
-    view, pieces, total = memoryview(payload), [], 0
     try:
-        for start in range(0, len(payload), FEED):
-            piece = inflater.decompress(view[start:start + FEED])
-            total += len(piece)
-            if total > limit:
-                raise AnswerInvalid(f"the gzip answer of {len(payload):,} bytes inflates past {limit:,} bytes: not an "
-                                    "answer (a gzip bomb?)")
-            pieces.append(piece)
-            if inflater.eof:
-                break
+        raw = inflater.decompress(payload, limit + 1)
     except _zlib.error as error:
         raise AnswerInvalid(f"the gzip answer is damaged ({error})") from None
+    if len(raw) > limit:
+        raise AnswerInvalid(f"the gzip answer of {len(payload):,} bytes inflates past {limit:,} bytes: not an "
+                            "answer (a gzip bomb?)")
     if not inflater.eof:
         raise AnswerInvalid(f"the gzip answer is cut short after {len(payload):,} bytes (its stream does not end)")
-    if inflater.unused_data or start + FEED < len(payload):
+    if inflater.unused_data or inflater.unconsumed_tail:
         raise AnswerInvalid("bytes follow the gzip answer")
-    return b"".join(pieces)
+    return raw
 
 
 def decode_checked(payload: bytes, *, compact: bool = False, limit: int | None = None):
