@@ -36,7 +36,8 @@ from ..launcher.paths import LaunchError
 from ..system import pid_alive
 
 PREFIX = "intgrads-batch-"
-MAX_BASE = 20   # "/tmp/intgrads-batch-XXXXXXXX/ray" must stay within the launcher's MAX_RAY_FOLDER (46 bytes)
+# BASE/intgrads-batch-XXXXXXXX/ray must leave room for Ray's socket paths (ray_cluster.MAX_RAY_FOLDER)
+MAX_BASE = ray_cluster.MAX_RAY_FOLDER - len(f"/{PREFIX}XXXXXXXX/ray")
 HEAD_ARGS = ("--include-dashboard=false", "--include-log-monitor=false")
 
 

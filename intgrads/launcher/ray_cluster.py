@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,24 @@ from .paths import LaunchError
 RAY_PORTS = ("gcs", "dashboard", "client", "node_manager", "object_manager", "metrics_export", "agent_listen",
              "agent_grpc", "runtime_env_agent", "autoscaler_metrics", "dashboard_metrics")
 WORKER_PORTS = 100
+
+# A Ray folder's Unix sockets sit at FOLDER/session_<date>_<time>_<us>_<pid>/sockets/dash_<dashboard module>,
+# and sun_path holds 107 bytes. Past the folder: "/session_" + 26 (date, time, microseconds) + "_" + 7 (the
+# largest pid) + "/sockets/" + "dash_TaskEventsHead" (the longest module name) = 71 bytes.
+SOCKET_PATH_BYTES = 107
+RAY_SOCKET_SUFFIX = 71
+MAX_RAY_FOLDER = SOCKET_PATH_BYTES - RAY_SOCKET_SUFFIX
+
+
+def short_private_folder(prefix: str) -> Path:
+    """A new owner-only folder named ``prefix``..., in the temp folder, or in /tmp when the temp folder's
+    path would leave it too long for Ray's sockets."""
+    base = tempfile.gettempdir()
+    if len(os.fsencode(os.path.join(base, prefix + "x" * 8))) > MAX_RAY_FOLDER:
+        base = "/tmp"
+    folder = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
+    os.chmod(folder, 0o700)
+    return folder
 BLOCK = 128
 
 

@@ -30,7 +30,6 @@ from .specs import model_specs
 from .start import EXAMPLE_SENTENCE, check_cuda, refuse_planted
 from .tsconfig import is_loopback, public_host, read_properties, url_host
 
-MAX_RAY_FOLDER = 46   # Ray's socket paths add ~61 bytes to its folder; sun_path holds 107
 UNPACKED_PREFIX = "intgrads-model-"   # where a replica unpacks its archive (intgrads.rayserve.app), in the temp folder
 
 
@@ -38,9 +37,9 @@ def ray_folder(paths: RunPaths) -> Path:
     """Where the run's Ray keeps its logs and sockets: RUN/ray, or a private folder in /tmp when that path
     is too long for Ray's Unix sockets."""
     folder = paths.run_dir / "ray"
-    if len(os.fsencode(folder)) <= MAX_RAY_FOLDER:
+    if len(os.fsencode(folder)) <= ray_cluster.MAX_RAY_FOLDER:
         return folder
-    return Path(tempfile.mkdtemp(prefix="intgrads-ray-"))
+    return ray_cluster.short_private_folder("intgrads-ray-")
 
 
 def _state(paths: RunPaths) -> dict:
