@@ -114,14 +114,16 @@ def sentences(tokenizer, count: int, n_tokens: int) -> list[str]:
     return out
 
 
-def in_process(model: dict, texts: list[str], out: Path, chunk_tokens: int, device: str = "cpu") -> dict:
+def in_process(model: dict, texts: list[str], out: Path, chunk_tokens: int, device: str = "cpu",
+               level: int | None = None) -> dict:
     """Compute, encode and write each answer here, as the client writes files; on a GPU, the engine alone too."""
     import torch
 
     import intgrads
     from intgrads.client.index import write_atomically
 
-    level = 0 if device == "cuda" else 1     # the launcher's default --gzip-level for the device
+    if level is None:
+        level = 0 if device == "cuda" else 1     # the launcher's default --gzip-level for the device
     intgrads.reuse_freed_memory()
     bundle = intgrads.load_model(model["family"], model["weights"], config=model["config"],
                                  tokenizer=model["tokenizer"], device=device)
@@ -203,6 +205,7 @@ def client_run(client: list, texts: list[str], work: Path, env: dict, pids: list
     for folder in ("warm-out", "out"):
         shutil.rmtree(work / folder, ignore_errors=True)
     subprocess.run(client + [str(warm), "-o", str(work / "warm-out")], check=True, env=env, capture_output=True)
+    startup = client_startup_cpu(client, env)
     source = work / "sentences.txt"
     source.write_text("\n".join(texts) + "\n")
     before = {pid: proc_cpu(pid) for pid in pids}
@@ -219,12 +222,25 @@ def client_run(client: list, texts: list[str], work: Path, env: dict, pids: list
     for folder in ("warm-out", "out"):
         shutil.rmtree(work / folder, ignore_errors=True)
     return {"wall": wall, "cpu": server_cpu + client_cpu, "server_cpu": server_cpu, "client_cpu": client_cpu,
-            "bytes": size, "workers": workers}
+            "bytes": size, "workers": workers, "client_startup_cpu": startup}
+
+
+def client_startup_cpu(client: list, env: dict, repeats: int = 3) -> float:
+    """Median CPU seconds of the client's start (the interpreter, its imports, torch among them: it checks
+    every answer with ``torch.load``) and end, with no sentence: ``--help``."""
+    costs = []
+    for _ in range(repeats):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        subprocess.run(client + ["--help"], check=True, env=env, capture_output=True)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        costs.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+    return sorted(costs)[repeats // 2]
 
 
 def run_shape(shape: str, tokens_list, counts, device: str = "cpu", layouts=((),), client_flags=(),
-              frontends=("torchserve",)) -> list[dict]:
-    """In process, then served with each layout (a tuple of launcher flags) on each front end, for each length."""
+              frontends=("torchserve",), level: int | None = None) -> list[dict]:
+    """In process, then served with each layout (a tuple of launcher flags) on each front end, for each length;
+    ``level``: the gzip level of both (default: the launcher's for the device)."""
     from transformers import AutoTokenizer
 
     from intgrads.engine.models import load_tokenizer
@@ -241,13 +257,13 @@ def run_shape(shape: str, tokens_list, counts, device: str = "cpu", layouts=((),
     for tokens, texts in batches.items():
         print(f"[answer path] {shape} {len(texts)} sentences x {tokens} tokens, 50 steps, {device}: in process ...",
               flush=True)
-        local[tokens] = in_process(model, texts, work / "local", DEFAULT_CHUNK_TOKENS, device)
+        local[tokens] = in_process(model, texts, work / "local", DEFAULT_CHUNK_TOKENS, device, level)
         print(f"[answer path]   {json.dumps(local[tokens])}", flush=True)
         shutil.rmtree(work / "local", ignore_errors=True)
     rows = []
     for frontend in frontends:
         for flags in layouts:
-            flags = (*flags, "--frontend", frontend)
+            flags = (*flags, "--frontend", frontend, *(() if level is None else ("--gzip-level", level)))
             print(f"[answer path] {shape}: served {' '.join(map(str, flags))} ...", flush=True)
             remote = served(model, batches, work, flags, client_flags)
             print(f"[answer path]   {json.dumps(remote)}", flush=True)
@@ -265,6 +281,10 @@ def make_row(shape, device, tokens, count, local, remote) -> dict:
            "served_server_cpu_ms": 1e3 * remote["server_cpu"] / count,
            "served_client_cpu_ms": 1e3 * remote["client_cpu"] / count, "workers": remote["workers"],
            "fsync_ms": 1e3 * local["fsync"]}
+    if "client_startup_cpu" in remote:   # a fixed cost per client run, as in process leaves out its own start
+        row["client_startup_cpu_ms"] = 1e3 * remote["client_startup_cpu"]
+        row["cpu_ratio_without_startup"] = ((row["served_cpu_ms"] - row["client_startup_cpu_ms"] / count)
+                                            / row["in_process_cpu_ms"])
     row["wall_ratio"] = row["served_wall_ms"] / row["in_process_wall_ms"]
     row["cpu_ratio"] = row["served_cpu_ms"] / row["in_process_cpu_ms"]
     row["served_mb_per_s"] = mb * count / remote["wall"]
@@ -303,6 +323,10 @@ def print_rows(rows):
             print(f"{r['shape']:>11} {r['tokens']:>6} {r['workers']:>2} | {r['engine_per_s']:>7.2f} "
                   f"{r['in_process_per_s']:>7.2f} {r['served_per_s']:>7.2f} | {r['served_vs_engine']:>13.2f} | "
                   f"{r['cuda_peak_allocated_gb']:>13.2f}GB {r['cuda_peak_reserved_gb']:>6.2f}GB")
+    for r in rows:
+        if "client_startup_cpu_ms" in r:
+            print(f"{r.get('frontend', 'torchserve'):>10} {r['tokens']:>6} tokens: the client's start costs "
+                  f"{r['client_startup_cpu_ms']:.0f} ms CPU a run; without it, cpu x {r['cpu_ratio_without_startup']:.2f}")
     print("CPU targets: wall x <= 1.25, cpu x <= 1.5 (per answer, ms); fsync of one answer file: "
           + ", ".join(f"{r['fsync_ms']:.0f} ms at {r['answer_mb']:.1f} MB" for r in rows))
 
@@ -345,6 +369,8 @@ def main(argv=None) -> int:
                         help="serve with --handoff-max-bytes 0: every answer in the HTTP body (for comparison)")
     parser.add_argument("--frontends", nargs="+", choices=("torchserve", "ray"), default=["torchserve"],
                         help="the front ends served, each with the launcher's defaults (side by side in one run)")
+    parser.add_argument("--gzip-level", type=int, choices=(0, 1), default=None,
+                        help="the answers' gzip level in process and served (default: the launcher's, 1 on CPU)")
     parser.add_argument("--client-flags", default="",
                         help="extra intgrads-client flags, e.g. '--no-handoff --rebuild always' (compact bodies) "
                              "or '--no-handoff --rebuild never' (whole bodies)")
@@ -358,7 +384,7 @@ def main(argv=None) -> int:
     else:
         layouts = [flags]
     rows = run_shape(args.shape, args.tokens, counts, args.device, layouts, tuple(args.client_flags.split()),
-                     tuple(args.frontends))
+                     tuple(args.frontends), args.gzip_level)
     print_rows(rows)
     if args.plot:
         plot(rows, args.plot)
