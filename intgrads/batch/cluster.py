@@ -36,8 +36,8 @@ from ..launcher.paths import LaunchError
 from ..system import pid_alive
 
 PREFIX = "intgrads-batch-"
-# BASE/intgrads-batch-XXXXXXXX/ray must leave room for Ray's socket paths (ray_cluster.MAX_RAY_FOLDER)
-MAX_BASE = ray_cluster.MAX_RAY_FOLDER - len(f"/{PREFIX}XXXXXXXX/ray")
+# BASE/intgrads-batch-XXXXXXXX/ray must leave room for the socket paths of a Ray head without a dashboard
+MAX_BASE = ray_cluster.SOCKET_PATH_BYTES - ray_cluster.RAY_SOCKET_SUFFIX_NO_DASHBOARD - len(f"/{PREFIX}XXXXXXXX/ray")
 HEAD_ARGS = ("--include-dashboard=false", "--include-log-monitor=false")
 
 

@@ -30,11 +30,13 @@ RAY_PORTS = ("gcs", "dashboard", "client", "node_manager", "object_manager", "me
              "agent_grpc", "runtime_env_agent", "autoscaler_metrics", "dashboard_metrics")
 WORKER_PORTS = 100
 
-# A Ray folder's Unix sockets sit at FOLDER/session_<date>_<time>_<us>_<pid>/sockets/dash_<dashboard module>,
-# and sun_path holds 107 bytes. Past the folder: "/session_" + 26 (date, time, microseconds) + "_" + 7 (the
-# largest pid) + "/sockets/" + "dash_TaskEventsHead" (the longest module name) = 71 bytes.
+# A Ray folder's Unix sockets sit at FOLDER/session_<date>_<time>_<us>_<pid>/sockets/NAME, and sun_path holds 107
+# bytes. Past the folder: "/session_" + 26 (date, time, microseconds) + "_" + 7 (the largest pid) + "/sockets/"
+# + NAME: "dash_TaskEventsHead" (the longest dashboard module) makes 71 bytes; without a dashboard the longest
+# NAME is "plasma_store" (the object store), 64 bytes.
 SOCKET_PATH_BYTES = 107
 RAY_SOCKET_SUFFIX = 71
+RAY_SOCKET_SUFFIX_NO_DASHBOARD = 64
 MAX_RAY_FOLDER = SOCKET_PATH_BYTES - RAY_SOCKET_SUFFIX
 
 

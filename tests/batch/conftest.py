@@ -62,7 +62,7 @@ def _join(folder: Path, head, token: Path):
 @pytest.fixture
 def short_tmp():
     """A test's own short TMPDIR (a run's Ray head keeps its files there), removed afterwards."""
-    folder = short_folder("ibt-")
+    folder = short_folder("i-")   # /tmp/i-XXXXXXXX: a run's folder in it still leaves room for Ray's sockets
     try:
         yield folder
     finally:

@@ -23,8 +23,8 @@ ray = pytest.importorskip("ray")
 RAY_ROOT = Path(ray.__file__).parent
 
 
-def longest_socket_suffix() -> int:
-    """The longest path Ray adds to its folder for a socket, with the largest pid this machine allows."""
+def longest_socket_suffix(dashboard: bool = True) -> int:
+    """The longest path Ray adds to its folder for a socket, with the largest pid Linux allows."""
     node = (RAY_ROOT / "_private" / "node.py").read_text()
     assert 'f"session_{date_str}_{os.getpid()}"' in node and '"%Y-%m-%d_%H-%M-%S_%f"' in node
     date = datetime.datetime(2026, 12, 31, 23, 59, 59, 999999).strftime("%Y-%m-%d_%H-%M-%S_%f")
@@ -34,13 +34,14 @@ def longest_socket_suffix() -> int:
     for source in (RAY_ROOT / "dashboard").rglob("*.py"):
         modules.update(re.findall(r"^class (\w+)\(SubprocessModule\)", source.read_text(), re.MULTILINE))
     assert {"MetricsHead", "ServeHead", "JobHead"} <= modules
-    names = ["raylet", "plasma_store", *(f"dash_{name}" for name in modules)]
+    names = ["raylet", "plasma_store", *(f"dash_{name}" for name in modules if dashboard)]
     return max(len(f"/{session}/sockets/{name}") for name in names)
 
 
 def test_the_socket_allowance_is_rays_own():
     assert ray_cluster.RAY_SOCKET_SUFFIX >= longest_socket_suffix()
     assert ray_cluster.MAX_RAY_FOLDER + longest_socket_suffix() <= 107
+    assert ray_cluster.RAY_SOCKET_SUFFIX_NO_DASHBOARD >= longest_socket_suffix(dashboard=False)
 
 
 @pytest.mark.parametrize("depth", [1, 20, 30, 40, 60, 120])
@@ -59,8 +60,11 @@ def test_a_run_directory_of_any_length_gets_a_folder_rays_sockets_fit(tmp_path, 
             folder.rmdir()
 
 
-def test_the_batch_jobs_folders_fit_too(tmp_path, monkeypatch):
-    monkeypatch.setenv("TMPDIR", str(tmp_path))
+@pytest.mark.parametrize("short", [True, False])
+def test_the_batch_jobs_folders_fit_too(tmp_path, monkeypatch, short):
+    """The batch job's head runs without a dashboard (cluster.HEAD_ARGS)."""
+    assert "--include-dashboard=false" in cluster.HEAD_ARGS
+    monkeypatch.setenv("TMPDIR", "/tmp" if short else str(tmp_path))
     monkeypatch.setattr(tempfile, "tempdir", None)
     base = cluster._base()
-    assert len(os.fsencode(base / f"{cluster.PREFIX}XXXXXXXX" / "ray")) + longest_socket_suffix() <= 107
+    assert len(os.fsencode(base / f"{cluster.PREFIX}XXXXXXXX" / "ray")) + longest_socket_suffix(False) <= 107
