@@ -231,8 +231,10 @@ def test_cli_auto_steps_and_their_flags(stub, tmp_path):
 
 def _cli(args, **kwargs):
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    # SIGINT as a terminal sends it: a shell that started these tests in the background made them ignore it
     return subprocess.Popen([sys.executable, "-m", "intgrads.client", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **kwargs)
 
 
 def test_cli_stdin_then_ctrl_c_leaves_whole_files_and_resumes(stub, tmp_path):

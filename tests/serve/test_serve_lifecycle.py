@@ -75,9 +75,10 @@ def stop_afterwards(place):
 def test_foreground_ctrl_c_then_background_and_stop(place, hf_files, stop_afterwards):
     model = ["--hf-model", hf_files.weights, "--model-name", "tiny"]
     # --foreground: the launcher stays; Ctrl-C (SIGINT) stops TorchServe and its workers.
+    # (SIGINT as a terminal sends it: a shell that started these tests in the background made them ignore it)
     process = subprocess.Popen(LAUNCHER + [str(a) for a in model + place["common"] + ["--foreground"]],
                                cwd=place["home"], env=place["env"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True)
+                               text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         output = _wait_for_line(process, "Ctrl-C stops the server", timeout=300)
         assert "built " in output
