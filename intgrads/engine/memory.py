@@ -26,3 +26,15 @@ def reuse_freed_memory() -> bool:
     m_trim_threshold, m_mmap_max, m_arena_max = -1, -4, -8
     return all(mallopt(option, value) for option, value in ((m_arena_max, 1), (m_mmap_max, 0),
                                                             (m_trim_threshold, 1 << 30)))
+
+
+# The same settings for a process about to start, as glibc reads them from its environment before the first
+# thread. A process whose engine runs in a thread other than its first (a Ray Serve replica's) needs them there:
+# mallopt comes too late for the arenas its threads already have, and a thread's own arena gives every block
+# over 64 MB a fresh mapping of its own whatever M_MMAP_MAX says.
+REUSE_MEMORY_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
+
+
+def reuse_memory_env(environ) -> dict:
+    """:data:`REUSE_MEMORY_ENV`, or nothing when ``environ`` says ``INTGRADS_REUSE_MEMORY=0``."""
+    return {} if environ.get("INTGRADS_REUSE_MEMORY", "1") == "0" else dict(REUSE_MEMORY_ENV)

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+from ..engine.memory import reuse_memory_env
 from .paths import LaunchError
 
 MODEL_IMPORT = "intgrads.rayserve.app:model_app"
@@ -47,12 +49,18 @@ def code_version() -> str:
 
 def model_application(name: str, archive: Path, *, replicas: int, options: dict, threads: int, device: str,
                       key_file: str | None, handoff_dir: str | None, handoff_max_bytes: int, version: str) -> dict:
-    return {"name": name, "route_prefix": f"/predictions/{name}", "import_path": MODEL_IMPORT,
-            "args": {"name": name, "archive": str(archive), "threads": threads, "device": device,
-                     "key_file": key_file, "handoff_dir": handoff_dir, "handoff_max_bytes": handoff_max_bytes,
-                     "code_version": version},
-            "deployments": [{"name": MODEL_DEPLOYMENT, "num_replicas": replicas, "max_ongoing_requests": 2,
-                             "max_queued_requests": MAX_QUEUED, "ray_actor_options": options}]}
+    """One model's application. Its replicas start with glibc told to reuse freed memory (the engine runs in a
+    thread of the replica's; ``INTGRADS_REUSE_MEMORY=0`` in the launcher's environment: not)."""
+    application = {"name": name, "route_prefix": f"/predictions/{name}", "import_path": MODEL_IMPORT,
+                   "args": {"name": name, "archive": str(archive), "threads": threads, "device": device,
+                            "key_file": key_file, "handoff_dir": handoff_dir, "handoff_max_bytes": handoff_max_bytes,
+                            "code_version": version},
+                   "deployments": [{"name": MODEL_DEPLOYMENT, "num_replicas": replicas, "max_ongoing_requests": 2,
+                                    "max_queued_requests": MAX_QUEUED, "ray_actor_options": options}]}
+    env_vars = reuse_memory_env(os.environ)
+    if env_vars:
+        application["runtime_env"] = {"env_vars": env_vars}
+    return application
 
 
 def front_application(models: list, key_file: str | None, max_body_bytes: int, version: str) -> dict:

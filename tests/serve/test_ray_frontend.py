@@ -28,6 +28,7 @@ import yaml
 
 import intgrads
 from intgrads.client import Client, read_index
+from intgrads.engine.memory import REUSE_MEMORY_ENV
 from intgrads.launcher.ray_cluster import RayPorts, cluster_processes, free_block, ray_env
 from test_readme import ray_commands
 
@@ -216,6 +217,10 @@ def test_two_nodes_and_a_replica_killed_while_the_client_runs(ray_server, tmp_pa
     assert scaled.returncode == 0, scaled.stdout + scaled.stderr
     replicas = ray_server.replicas()
     assert len({replica["node_id"] for replica in replicas}) == 2 and len(replicas) == 3
+    for replica in replicas:   # each started with glibc told to reuse freed memory (the engine runs in a thread)
+        environ = dict(item.split("=", 1) for item in
+                       Path(f"/proc/{replica['pid']}/environ").read_text().split("\0") if "=" in item)
+        assert {name: environ.get(name) for name in REUSE_MEMORY_ENV} == REUSE_MEMORY_ENV, replica
     sentences = [f"review number {i}: the {'plot' if i % 2 else 'music'} was {'fine' if i % 3 else 'dull'}"
                  for i in range(40)]
     victim = replicas[0]["pid"]
