@@ -134,9 +134,8 @@ def connect(address: str) -> dict:
     try:
         with _stderr_aside():   # where Ray's C++ logging announces the level it was set to
             # the workers start with glibc told to reuse freed memory (intgrads.engine.memory.REUSE_MEMORY_ENV)
-            env_vars = reuse_memory_env(os.environ)
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False,
-                     runtime_env={"env_vars": env_vars} if env_vars else None)
+                     runtime_env={"env_vars": reuse_memory_env(os.environ)})
     except (ConnectionError, RuntimeError, ValueError) as error:
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise JoinError(f"cannot join the Ray cluster at {address}: {first} (a cluster with token auth needs its "

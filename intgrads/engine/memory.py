@@ -36,5 +36,9 @@ REUSE_MEMORY_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TR
 
 
 def reuse_memory_env(environ) -> dict:
-    """:data:`REUSE_MEMORY_ENV`, or nothing when ``environ`` says ``INTGRADS_REUSE_MEMORY=0``."""
-    return {} if environ.get("INTGRADS_REUSE_MEMORY", "1") == "0" else dict(REUSE_MEMORY_ENV)
+    """The environment for processes that run the engine elsewhere (a Ray replica or worker): :data:`REUSE_MEMORY_ENV`,
+    or, when ``environ`` says ``INTGRADS_REUSE_MEMORY=0``, that setting itself (they would call
+    :func:`reuse_freed_memory` otherwise)."""
+    if environ.get("INTGRADS_REUSE_MEMORY", "1") == "0":
+        return {"INTGRADS_REUSE_MEMORY": "0"}
+    return dict(REUSE_MEMORY_ENV)

@@ -50,16 +50,14 @@ def code_version() -> str:
 def model_application(name: str, archive: Path, *, replicas: int, options: dict, threads: int, device: str,
                       key_file: str | None, handoff_dir: str | None, handoff_max_bytes: int, version: str) -> dict:
     """One model's application. Its replicas start with glibc told to reuse freed memory (the engine runs in a
-    thread of the replica's; ``INTGRADS_REUSE_MEMORY=0`` in the launcher's environment: not)."""
+    thread of the replica's); ``INTGRADS_REUSE_MEMORY=0`` in the launcher's environment reaches them instead."""
     application = {"name": name, "route_prefix": f"/predictions/{name}", "import_path": MODEL_IMPORT,
                    "args": {"name": name, "archive": str(archive), "threads": threads, "device": device,
                             "key_file": key_file, "handoff_dir": handoff_dir, "handoff_max_bytes": handoff_max_bytes,
                             "code_version": version},
                    "deployments": [{"name": MODEL_DEPLOYMENT, "num_replicas": replicas, "max_ongoing_requests": 2,
                                     "max_queued_requests": MAX_QUEUED, "ray_actor_options": options}]}
-    env_vars = reuse_memory_env(os.environ)
-    if env_vars:
-        application["runtime_env"] = {"env_vars": env_vars}
+    application["runtime_env"] = {"env_vars": reuse_memory_env(os.environ)}
     return application
 
 
@@ -164,7 +162,8 @@ def _all_running(details: dict, apps: list[dict]) -> tuple[bool, str]:
         if current.get("status") in ("DEPLOY_FAILED", "UNHEALTHY"):
             return False, f"failed for {app['name']}: {str(current.get('message'))[-3000:]}"
         sent = current.get("deployed_app_config") or {}
-        if sent.get("args") != app["args"] or sent.get("deployments") != app["deployments"]:
+        if (sent.get("args") != app["args"] or sent.get("deployments") != app["deployments"]
+                or (sent.get("runtime_env") or {}) != (app.get("runtime_env") or {})):
             return False, f"{app['name']}: the new config is not applied yet"
         if current.get("status") != "RUNNING":
             return False, f"{app['name']}: {current.get('status')}"

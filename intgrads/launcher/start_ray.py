@@ -34,8 +34,8 @@ UNPACKED_PREFIX = "intgrads-model-"   # where a replica unpacks its archive (int
 
 
 def ray_folder(paths: RunPaths) -> Path:
-    """Where the run's Ray keeps its logs and sockets: RUN/ray, or a private folder in /tmp when that path
-    is too long for Ray's Unix sockets."""
+    """Where the run's Ray keeps its logs and sockets: RUN/ray, or, when that path is too long for Ray's Unix
+    sockets, a private folder in the temp folder (or /tmp)."""
     folder = paths.run_dir / "ray"
     if len(os.fsencode(folder)) <= ray_cluster.MAX_RAY_FOLDER:
         return folder
