@@ -277,6 +277,22 @@ def test_a_gzip_bomb_is_stopped_after_a_few_megabytes(hostile, tmp_path):
     assert report.failed == 1 and "inflates past" in records[1]["error"]
 
 
+def test_bounded_inflation_at_its_edges():
+    """The limit is the most bytes an answer may inflate to: exactly that is taken, one more is refused; a second
+    gzip member, a byte after the answer, a cut stream and a wrong CRC-32 are refused (the oracle: stdlib gzip)."""
+    import gzip
+
+    data = os.urandom(1 << 16) + bytes(300_000)   # some of it incompressible, some of it not
+    payload = gzip.compress(data)
+    assert decompress_bounded(payload, limit=len(data)) == data == gzip.decompress(payload)
+    with pytest.raises(AnswerInvalid, match="inflates past"):
+        decompress_bounded(payload, limit=len(data) - 1)
+    for bad, why in ((payload + gzip.compress(b"more"), "bytes follow"), (payload + b"\0", "bytes follow"),
+                     (payload[:-9], "cut short"), (payload[:-8] + b"\0\0\0\0" + payload[-4:], "damaged")):
+        with pytest.raises(AnswerInvalid, match=why):
+            decompress_bounded(bad)
+
+
 def test_a_cut_answer_is_not_recorded_even_with_a_summary(hostile, tmp_path, answers):
     payload = gzip_answer(answers[SENTENCE])
     half = [payload[:len(payload) // 2]]   # a properly ended chunked body holding half the gzip

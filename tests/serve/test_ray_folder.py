@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -60,11 +61,32 @@ def test_a_run_directory_of_any_length_gets_a_folder_rays_sockets_fit(tmp_path, 
             folder.rmdir()
 
 
-@pytest.mark.parametrize("short", [True, False])
-def test_the_batch_jobs_folders_fit_too(tmp_path, monkeypatch, short):
-    """The batch job's head runs without a dashboard (cluster.HEAD_ARGS)."""
+def test_a_short_temp_folder_holds_the_fallback_folder(monkeypatch):
+    short = Path(tempfile.mkdtemp(prefix="", dir="/tmp"))   # /tmp/XXXXXXXX: room for intgrads-ray-XXXXXXXX
+    try:
+        monkeypatch.setenv("TMPDIR", str(short))
+        monkeypatch.setattr(tempfile, "tempdir", None)
+        folder = ray_folder(RunPaths(Path("/" + "r" * 60)))
+        assert folder.parent == short and len(os.fsencode(folder)) + longest_socket_suffix() <= 107
+    finally:
+        shutil.rmtree(short)
+
+
+@pytest.mark.parametrize("extra", [0, 1])
+def test_the_batch_jobs_folders_fit_too(monkeypatch, extra):
+    """The batch job's head runs without a dashboard (cluster.HEAD_ARGS): a temp folder of MAX_BASE bytes is
+    used, one byte more is not."""
     assert "--include-dashboard=false" in cluster.HEAD_ARGS
-    monkeypatch.setenv("TMPDIR", "/tmp" if short else str(tmp_path))
-    monkeypatch.setattr(tempfile, "tempdir", None)
-    base = cluster._base()
-    assert len(os.fsencode(base / f"{cluster.PREFIX}XXXXXXXX" / "ray")) + longest_socket_suffix(False) <= 107
+    name_bytes = cluster.MAX_BASE + extra - len("/tmp/") - 8
+    base = Path(tempfile.mkdtemp(prefix="b" * name_bytes, dir="/tmp"))
+    try:
+        assert len(os.fsencode(base)) == cluster.MAX_BASE + extra
+        monkeypatch.setenv("TMPDIR", str(base))
+        monkeypatch.setattr(tempfile, "tempdir", None)
+        chosen = cluster._base()
+        assert chosen == (base if extra == 0 else Path("/tmp"))
+        assert len(os.fsencode(chosen / f"{cluster.PREFIX}XXXXXXXX" / "ray")) + longest_socket_suffix(False) <= 107
+        if extra == 0:   # the limit is tight: one byte more would not fit
+            assert len(os.fsencode(base)) + 1 + len(f"/{cluster.PREFIX}XXXXXXXX/ray") + longest_socket_suffix(False) > 107
+    finally:
+        shutil.rmtree(base)
