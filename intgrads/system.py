@@ -89,6 +89,7 @@ def pid_alive(pid: int) -> bool:
 
 
 OWNER_FILE = ".owner-pid"
+UNPACKED_PREFIX = "intgrads-model-"   # a Ray replica's unpacked archive, in the temp folder (intgrads.rayserve.app)
 
 
 def sweep_orphans(parent, prefix: str) -> int:

@@ -69,7 +69,7 @@ def decompress_bounded(payload: bytes, limit: int | None = None) -> bytes:
                             "answer (a gzip bomb?)")
     if not inflater.eof:
         raise AnswerInvalid(f"the gzip answer is cut short after {len(payload):,} bytes (its stream does not end)")
-    if inflater.unused_data or inflater.unconsumed_tail:
+    if inflater.unused_data:   # (input left unread would mean the output reached limit + 1: refused above)
         raise AnswerInvalid("bytes follow the gzip answer")
     return raw
 

@@ -37,10 +37,10 @@ class AnswerWriter:
     def __init__(self, job: dict):
         import torch
 
-        from ..engine.memory import reuse_freed_memory
+        from ..engine.memory import reuse_freed_memory, reuse_memory_wanted
         from ..engine.models import load_model
 
-        if os.environ.get("INTGRADS_REUSE_MEMORY", "1") != "0":
+        if reuse_memory_wanted(os.environ):
             reuse_freed_memory()
         torch.set_num_threads(int(job["threads"]))
         model = job["model"]

@@ -169,11 +169,11 @@ def _main_send(argv) -> int:
     if (args.tolerance is not None or args.max_steps is not None) and args.n_steps != "auto":
         parser.error("--tolerance and --max-steps go with --n-steps auto")
     urls = [url.strip() for value in args.url for url in value.split(",") if url.strip()]
-    if os.environ.get("INTGRADS_REUSE_MEMORY", "1") != "0":
-        # every answer is inflated and loaded to be checked: reuse the last one's memory instead of faulting in
-        # fresh pages (a third of the check's CPU at 48.8 MB); the heap stays at the largest answers' size
-        from ..engine.memory import reuse_freed_memory
+    # every answer is inflated and loaded to be checked: reuse the last one's memory instead of faulting in fresh
+    # pages (a third of the check's CPU at 48.8 MB); the heap stays at the largest answers' size
+    from ..engine.memory import reuse_freed_memory, reuse_memory_wanted
 
+    if reuse_memory_wanted(os.environ):
         reuse_freed_memory()
     try:
         client = Client(urls, token=args.token, key_file=args.key_file, retries=args.retries, backoff=args.backoff,

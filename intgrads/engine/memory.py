@@ -35,10 +35,13 @@ def reuse_freed_memory() -> bool:
 REUSE_MEMORY_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 
 
+def reuse_memory_wanted(environ) -> bool:
+    """Whether a process with ``environ`` reuses freed memory: yes unless it says ``INTGRADS_REUSE_MEMORY=0``."""
+    return environ.get("INTGRADS_REUSE_MEMORY", "1") != "0"
+
+
 def reuse_memory_env(environ) -> dict:
     """The environment for processes that run the engine elsewhere (a Ray replica or worker): :data:`REUSE_MEMORY_ENV`,
     or, when ``environ`` says ``INTGRADS_REUSE_MEMORY=0``, that setting itself (they would call
     :func:`reuse_freed_memory` otherwise)."""
-    if environ.get("INTGRADS_REUSE_MEMORY", "1") == "0":
-        return {"INTGRADS_REUSE_MEMORY": "0"}
-    return dict(REUSE_MEMORY_ENV)
+    return dict(REUSE_MEMORY_ENV) if reuse_memory_wanted(environ) else {"INTGRADS_REUSE_MEMORY": "0"}

@@ -49,6 +49,8 @@ def short_private_folder(prefix: str) -> Path:
     folder = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
     os.chmod(folder, 0o700)
     return folder
+
+
 BLOCK = 128
 
 

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..system import sweep_orphans, usable_cores
+from ..system import UNPACKED_PREFIX, sweep_orphans, usable_cores
 from . import ray_cluster, ray_deploy
 from .archive import build_archive
 from .cli import check_flags, resolve_workers
@@ -30,7 +30,6 @@ from .specs import model_specs
 from .start import EXAMPLE_SENTENCE, check_cuda, refuse_planted
 from .tsconfig import is_loopback, public_host, read_properties, url_host
 
-UNPACKED_PREFIX = "intgrads-model-"   # where a replica unpacks its archive (intgrads.rayserve.app), in the temp folder
 
 
 def ray_folder(paths: RunPaths) -> Path:

@@ -25,13 +25,12 @@ from ray import serve
 from starlette.requests import Request
 
 from ..serving.service import AttributionService
-from ..system import OWNER_FILE, sweep_orphans
+from ..system import OWNER_FILE, UNPACKED_PREFIX, sweep_orphans
 from . import http
 from .metrics import counters
 
 logger = logging.getLogger("ray.serve")
 DEFAULT_MAX_BODY = 1_048_576
-UNPACKED_PREFIX = "intgrads-model-"   # in the temp folder; intgrads.system.sweep_orphans removes the dead's
 
 
 def read_key(key_file: str | None) -> str | None:
@@ -65,7 +64,8 @@ class ModelServer:
         self.folder, config = open_archive(archive)
         settings = config["intgrads"]
         torch.set_num_threads(max(1, int(threads)))
-        environ = {"INTGRADS_HANDOFF_DIR": handoff_dir or "", "INTGRADS_HANDOFF_MAX_BYTES": str(handoff_max_bytes)}
+        environ = {"INTGRADS_HANDOFF_DIR": handoff_dir or "", "INTGRADS_HANDOFF_MAX_BYTES": str(handoff_max_bytes),
+                   "INTGRADS_REUSE_MEMORY": os.environ.get("INTGRADS_REUSE_MEMORY", "1")}   # from its runtime_env
         self.service = AttributionService.from_archive(
             settings, self.folder, model_name=name, device="cuda:0" if device == "cuda" else "cpu",
             threads=int(threads), response_timeout=float(config.get("responseTimeout") or 1800), environ=environ)

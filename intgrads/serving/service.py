@@ -24,7 +24,7 @@ from pathlib import Path
 from ..answer.keys import SENDABLE_NAMES
 from ..engine.baselines import BASELINES
 from ..engine.budget import BUDGET_SHARE, G, deadline_for, model_shape, request_work
-from ..engine.memory import reuse_freed_memory
+from ..engine.memory import reuse_freed_memory, reuse_memory_wanted
 from ..engine.models import load_model
 from ..engine.precision import PRECISIONS
 from ..engine.quadrature import METHODS
@@ -72,7 +72,7 @@ class AttributionService:
         environment: INTGRADS_MAX_RESPONSE_BYTES, the hand-off directory (INTGRADS_HANDOFF_*), and
         INTGRADS_REUSE_MEMORY=0 to keep glibc's default memory handling (``intgrads.engine.memory``)."""
         model_dir = Path(model_dir)
-        if environ.get("INTGRADS_REUSE_MEMORY", "1") != "0":
+        if reuse_memory_wanted(environ):
             reuse_freed_memory()
 
         def inside(name):
