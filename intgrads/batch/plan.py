@@ -8,14 +8,14 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..client.sender import OPTION_KEYS
 from ..launcher.paths import LaunchError, project_home
 from ..serving.request import DEFAULT_LIMITS, DEFAULT_OPTIONS, OPTION_FIELDS, RequestError, check_encoding, check_options
 from ..system import usable_cores
 
 NO_LIMIT = 1 << 62
 # The index's "options": the request options set (as intgrads-client records them), then the encoding ones.
-INDEX_OPTION_KEYS = ("target", "n_steps", "method", "baseline", "precision", "tolerance", "max_steps", "dtype",
-                     "outputs")
+INDEX_OPTION_KEYS = (*OPTION_KEYS, "dtype", "outputs")
 
 
 @dataclass

@@ -39,6 +39,17 @@ def steps(value: str):
     return "auto" if value == "auto" else positive_int(value)
 
 
+def most_steps(value: str) -> int:
+    """--max-steps: an integer no smaller than the points n_steps auto starts from."""
+    from ..engine.adaptive import MIN_MAX_STEPS
+
+    number = positive_int(value)
+    if number < MIN_MAX_STEPS:
+        raise argparse.ArgumentTypeError(f"expected at least {MIN_MAX_STEPS} (the points n_steps auto starts from); "
+                                         f"got {value!r}")
+    return number
+
+
 def fraction(value: str) -> float:
     try:
         number = float(value)
@@ -72,7 +83,7 @@ def request_flags(parser) -> None:
                                                      "until --tolerance)")
     parser.add_argument("--tolerance", type=fraction, help="with --n-steps auto: the relative error aimed for "
                                                            "(default 0.01)")
-    parser.add_argument("--max-steps", type=positive_int, help="with --n-steps auto: the most steps (default 128, or a "
+    parser.add_argument("--max-steps", type=most_steps, help="with --n-steps auto: the most steps (default 128, or a "
                                                                "server's --max-steps)")
     parser.add_argument("--method", choices=METHODS, help="quadrature rule")
     parser.add_argument("--baseline", choices=BASELINES, help="baseline")
