@@ -41,11 +41,12 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from bench_precision import REVIEWS  # noqa: E402  (the six sentences of part 7)
 
+from intgrads.engine.adaptive import R_FLOOR  # noqa: E402  (r's floor, as the engine's)
+
 BASELINES = ("zero", "pad", "mask")
 FIXED_STEPS = (8, 16, 32, 50)
 TOLERANCES = (0.05, 0.01, 0.001)
 REFERENCE_STEPS = 512
-R_FLOOR = 1e-4          # intgrads.engine.adaptive.R_FLOOR
 GOAL = 0.01
 
 
@@ -125,8 +126,8 @@ def run(model: str, sentences, *, device: str = "cpu", repeats: int = 3) -> dict
     import intgrads
     from intgrads.engine.options import DEFAULT_CHUNK_TOKENS
 
-    work = Path(tempfile.mkdtemp(prefix="intgrads-steps-"))
-    bundle = load(model, work, device)
+    with tempfile.TemporaryDirectory(prefix="intgrads-steps-") as work:   # the weights, once loaded
+        bundle = load(model, Path(work), device)
 
     def attribute(baseline, **options):
         return intgrads.attribute(bundle, list(sentences), target=1, baseline=baseline,
