@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,19 +28,23 @@ class Picture:
     accumulated: np.ndarray      # (n_steps, seq): A_t(alpha_k)
     caption: str
     path: Path | None = None
+    _png: bytes | None = field(default=None, compare=False)
 
     def __repr__(self) -> str:
         where = f", {str(self.path)!r}" if self.path is not None else ""
         return f"<Picture: {len(self.tokens)} tokens, {len(self.alphas)} path points{where}>"
 
     def _repr_png_(self) -> bytes:
-        import io
+        """The figure as PNG bytes, drawn once (a notebook asks for every format it knows)."""
+        if self._png is None:
+            import io
 
-        from .figure import make_figure
+            from .figure import make_figure
 
-        buffer = io.BytesIO()
-        make_figure(self).savefig(buffer, format="png", dpi=100)
-        return buffer.getvalue()
+            buffer = io.BytesIO()
+            make_figure(self).savefig(buffer, format="png", dpi=100)
+            self._png = buffer.getvalue()
+        return self._png
 
     def _repr_html_(self) -> str:
         import base64
