@@ -224,7 +224,8 @@ def test_cli_auto_steps_and_their_flags(stub, tmp_path):
     answer = intgrads.load_answer(output / record["file"])
     assert answer["method"] == "adaptive" and answer["max_steps"] == 40
     assert record["n_steps"] == record["gradient_evaluations"] == answer["n_steps"] == answer["alphas"].shape[0]
-    for bad in (["--tolerance", "0.05"], ["--n-steps", "auto", "--tolerance", "2"], ["--n-steps", "some"]):
+    for bad in (["--tolerance", "0.05"], ["--n-steps", "auto", "--tolerance", "2"], ["--n-steps", "some"],
+                ["--n-steps", "auto", "--max-steps", "8"]):   # fewer than auto starts from (9)
         with pytest.raises(SystemExit):
             main([str(source), "--url", stub.url, "-o", str(tmp_path / "x"), *bad])
 
