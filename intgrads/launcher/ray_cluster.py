@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..system import quiet_ports
 from .paths import LaunchError
 
 RAY_PORTS = ("gcs", "dashboard", "client", "node_manager", "object_manager", "metrics_export", "agent_listen",
@@ -82,13 +83,16 @@ def port_free(port: int, host: str = "") -> bool:
 
 
 def free_block(avoid: int) -> RayPorts:
-    """A block of BLOCK free ports (on every interface) away from ``avoid``."""
+    """A block of BLOCK free ports (on every interface) away from ``avoid``, below the ephemeral range, and
+    overlapping no other run's block: a running block's first port (its GCS) is bound, so the BLOCK - 1 ports
+    below a base must be free too (its worker ports are bound only when a worker starts)."""
     import random
 
     rng = random.Random(os.getpid() ^ time.time_ns())
+    low, end = quiet_ports()
     for _ in range(200):
-        base = rng.randrange(20000, 60000 - BLOCK, 8)
-        if abs(base - avoid) > BLOCK and all(port_free(port) for port in range(base, base + BLOCK)):
+        base = rng.randrange(low, end - BLOCK, 8)
+        if abs(base - avoid) > BLOCK and all(port_free(port) for port in range(base - BLOCK + 1, base + BLOCK)):
             return RayPorts(base)
     raise LaunchError("no block of free ports for Ray found")
 

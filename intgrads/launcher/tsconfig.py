@@ -80,6 +80,9 @@ def check_ports_free(host: str, ports: Ports):
     for name, value in ports.items():
         family = socket.AF_INET6 if ":" in bind_host else socket.AF_INET
         with socket.socket(family, socket.SOCK_STREAM) as probe:
+            # TorchServe's Java sockets set SO_REUSEADDR, so a closed connection's TIME_WAIT does not hold the
+            # port for them (a restart on the same port within a minute); only a live socket does.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind((bind_host, value))
             except OSError as error:

@@ -31,7 +31,7 @@ def _port_block_free(base: int, count: int) -> bool:
     for port in range(base, base + count):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
             try:
-                probe.bind(("127.0.0.1", port))
+                probe.bind(("", port))   # every interface: some tests serve on 0.0.0.0
             except OSError:
                 return False
     return True
@@ -41,10 +41,13 @@ _used_bases: set = set()
 
 
 def free_port_block(count: int = 5) -> int:
-    """A port P with P..P+count-1 free on 127.0.0.1 (inference, management, metrics, 2 x gRPC)."""
-    rnd = random.Random(os.getpid() ^ int(time.time()))
+    """A port P with P..P+count-1 free on every interface (inference, management, metrics, 2 x gRPC), from
+    10000-19999: below the kernel's ephemeral range (32768 up), so that no outgoing connection takes one of them
+    before the server binds it, and below the blocks Ray clusters take theirs from (20000 up), whose worker ports
+    are bound only when a worker starts."""
+    rnd = random.Random(os.getpid() ^ time.time_ns())
     for _ in range(200):
-        base = rnd.randrange(20000, 60000, 10)
+        base = rnd.randrange(10000, 20000 - count, 10)
         if base not in _used_bases and _port_block_free(base, count):
             _used_bases.add(base)
             return base
