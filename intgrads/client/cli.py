@@ -74,6 +74,7 @@ def input_flags(parser) -> None:
 def request_flags(parser) -> None:
     """The request options (also the batch job's): --target, --n-steps (auto: with --tolerance and --max-steps),
     --method, --baseline, --precision; each left out is the server's default."""
+    from ..engine.adaptive import DEFAULT_MAX_STEPS, DEFAULT_TOLERANCE
     from ..engine.baselines import BASELINES
     from ..engine.precision import PRECISIONS
     from ..engine.quadrature import METHODS
@@ -82,9 +83,9 @@ def request_flags(parser) -> None:
     parser.add_argument("--n-steps", type=steps, help="quadrature steps, or auto (the engine refines each sentence "
                                                      "until --tolerance)")
     parser.add_argument("--tolerance", type=fraction, help="with --n-steps auto: the relative error aimed for "
-                                                           "(default 0.01)")
-    parser.add_argument("--max-steps", type=most_steps, help="with --n-steps auto: the most steps (default 128, or a "
-                                                               "server's --max-steps)")
+                                                           f"(default {DEFAULT_TOLERANCE})")
+    parser.add_argument("--max-steps", type=most_steps, help="with --n-steps auto: the most steps (default "
+                                                               f"{DEFAULT_MAX_STEPS}, or a server's --max-steps)")
     parser.add_argument("--method", choices=METHODS, help="quadrature rule")
     parser.add_argument("--baseline", choices=BASELINES, help="baseline")
     parser.add_argument("--precision", choices=PRECISIONS,
