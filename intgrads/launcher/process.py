@@ -215,6 +215,9 @@ def _kill_workers(pids):
                 os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
+    deadline = time.time() + 5   # a killed process takes a moment to go: --stop returns when it has
+    while any(pid_alive(pid) for pid in alive) and time.time() < deadline:
+        time.sleep(0.05)
 
 
 # ---------------------------------------------------------------------------------------------- main

@@ -69,7 +69,7 @@ def short_tmp():
         shutil.rmtree(folder, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def two_nodes():
     """A Ray head (2 CPUs) and a second node (1 CPU, resource ``second_node``) on this machine, token auth on."""
     from intgrads.launcher.ray_cluster import cluster_processes, free_block, make_token, start_head, stop_cluster
@@ -88,7 +88,7 @@ def two_nodes():
         shutil.rmtree(folder, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def oracle(hf_files):
     """``oracle(sentence, **options)``: the engine's answer in this process with the workers' one torch thread."""
     import intgrads

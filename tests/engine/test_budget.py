@@ -54,11 +54,13 @@ def test_an_attribution_past_its_deadline_stops_between_chunks(bundles):
     assert stopped.value.done_rows == 0 and stopped.value.total_rows == 40
     # a deadline that falls during the work: the first chunks run, then it stops
     calls = []
-    hook = bundle.layer.register_forward_hook(lambda *args: (calls.append(time.sleep(0.05)), None)[1])
+    # (each forward through the layer sleeps 0.2 s: the deadline falls in the third to fifth chunk of ten, with
+    # room for a stall before the first)
+    hook = bundle.layer.register_forward_hook(lambda *args: (calls.append(time.sleep(0.2)), None)[1])
     try:
         with pytest.raises(DeadlineExceeded) as late:
             intgrads.attribute(bundle, SENTENCE, n_steps=40, internal_batch_size=4,
-                               deadline=time.monotonic() + 0.25)
+                               deadline=time.monotonic() + 1.0)
     finally:
         hook.remove()
     assert 0 < late.value.done_rows < 40 and late.value.done_rows % 4 == 0

@@ -29,7 +29,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -43,13 +42,14 @@ import torch
 import intgrads
 from intgrads import launcher
 from intgrads.system import cmdline, find_java, pid_alive
+from serve.conftest import free_port_block
 
 ROOT = Path(__file__).resolve().parents[2]
 EXPORT_SCRIPT = ROOT / "scripts" / "export_kserve.py"
 DEPLOY = ROOT / "deploy" / "kserve"
 MODEL_NAME = "sentiment"
 SENTENCE = "a good movie"
-READY_TIMEOUT = 60
+READY_TIMEOUT = 600   # a cold start: Java, then a worker importing torch (tens of seconds on a loaded runner)
 KSERVE_STORE = "/mnt/models/model-store"
 
 
@@ -99,16 +99,10 @@ def reference(tiny_bert, minilm_dir):
 
 # ---------------------------------------------------------------------------------------------- local TorchServe
 def free_ports(count: int) -> list[int]:
-    sockets = []
-    try:
-        for _ in range(count):
-            probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            probe.bind(("127.0.0.1", 0))
-            sockets.append(probe)
-        return [probe.getsockname()[1] for probe in sockets]
-    finally:
-        for probe in sockets:
-            probe.close()
+    """``count`` free ports below the kernel's ephemeral range, so no outgoing connection takes one before
+    TorchServe binds it."""
+    base = free_port_block(count)
+    return list(range(base, base + count))
 
 
 ADDRESS_KEYS = ("inference_address", "management_address", "metrics_address")

@@ -84,7 +84,7 @@ def same_tensors(a, b) -> bool:
     return type(a) is type(b) and a == b
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def shared_store(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("reliability-store")
 
@@ -108,7 +108,7 @@ def launch(home: Path, store: Path, args: list, port: int | None = None, run_dir
     return server, result
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def demo_server(tmp_path_factory, shared_store):
     """The demo model, one CPU worker (``--workers 1``: the fault and determinism tests scale from one), otherwise
     default settings (batch size 1), bound to the default host."""
@@ -122,7 +122,7 @@ def demo_server(tmp_path_factory, shared_store):
         holder["server"].stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def demo_bundle(demo_server, shared_store):
     """The demo model loaded in this process (for checking odd-but-valid answers)."""
     import intgrads
@@ -139,7 +139,7 @@ OPEN = "demo-open"
 OPEN_LIMITS = {"max_steps": 64, "max_tokens": 32, "max_sequences": 3, "max_chars": 2000, "max_body_bytes": 8192}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def open_server(tmp_path_factory, shared_store):
     """The demo model as ``demo-open`` bound to 0.0.0.0 (token auth on; requests still go to 127.0.0.1 only),
     from a copy of config.properties with job_queue_size=2, and with small --max-* caps."""

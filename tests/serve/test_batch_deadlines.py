@@ -38,11 +38,13 @@ def test_requests_that_each_fit_are_all_answered(batch_server):
     url = batch_server.url("bert")
     deadline = deadline_for(0.0, RESPONSE_TIMEOUT)   # seconds a request may run: 12 - min(10, 12 / 4) = 9
     # calibrate on this machine (after a first request that warms the worker up): n_steps that take about 40% of
-    # the deadline alone
-    for steps in (5, 40):
+    # the deadline alone, from the slowest of three probes (the worker's learned rate settles over them too)
+    probes = []
+    for steps in (5, 40, 40, 40):
         probe = post_json(url, {"sequence": SENTENCE, "n_steps": steps})
         assert probe.status_code == 200, probe.text
-    per_step = float(probe.headers["X-Intgrads-Engine-Ms"]) / 1e3 / 40
+        probes.append(probe)
+    per_step = max(float(probe.headers["X-Intgrads-Engine-Ms"]) for probe in probes[1:]) / 1e3 / 40
     # ... and within the work budget each request must fit (a faster machine would otherwise ask for more)
     described = batch_server.manage("GET", "/models/bert?customized=true").json()[0]["customizedMetadata"]
     budget = json.loads(described)["limits"]["max_work_gmac"] if isinstance(described, str) else \
