@@ -275,7 +275,8 @@ def test_the_readme_ray_commands_and_stop_leave_no_ray_process(ray_server):
     from intgrads.system import OWNER_FILE, pid_alive
 
     unpacked = [folder for folder in Path(tempfile.gettempdir()).glob("intgrads-model-*")
-                if (folder / OWNER_FILE).is_file() and not pid_alive(int((folder / OWNER_FILE).read_text()))]
+                if folder.stat().st_uid == os.getuid() and (folder / OWNER_FILE).is_file()
+                and not pid_alive(int((folder / OWNER_FILE).read_text()))]
     assert unpacked == []   # the replicas' unpacked archives went with them
     assert not (ray_server.run_dir / "private").exists() and not (ray_server.run_dir / "handoff").exists()
     for name in MADE:
