@@ -84,8 +84,9 @@ def port_free(port: int, host: str = "") -> bool:
 
 def free_block(avoid: int) -> RayPorts:
     """A block of BLOCK free ports (on every interface) away from ``avoid``, below the ephemeral range, and
-    overlapping no other run's block: a running block's first port (its GCS) is bound, so the BLOCK - 1 ports
-    below a base must be free too (its worker ports are bound only when a worker starts)."""
+    overlapping no other run's block. A running block binds a port within its first 8 (a head's GCS at +0, a
+    joined node's node manager at +3) and its workers' only when a worker starts; bases are 8 apart, so the
+    BLOCK - 1 ports below a base must be free too."""
     import random
 
     rng = random.Random(os.getpid() ^ time.time_ns())

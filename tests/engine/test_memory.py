@@ -49,8 +49,8 @@ def test_freed_memory_is_reused_without_page_faults():
     default = _faults_per_round(reuse=False)
     reused = _faults_per_round(reuse=True)
     # glibc maps the 40 MB blocks afresh (over 32 MB, its largest mmap threshold): 30,720 pages a round; a late
-    # round has been seen to fault only two of them in on a loaded machine, so the floor is the median's
-    assert sorted(default[2:])[len(default[2:]) // 2] > 30_000, default
+    # round has been seen to fault only two of them in on a loaded machine, so one round may fall short
+    assert sorted(default[2:])[1] > 30_000, default
     # once warm, the heap keeps what the last round freed: most rounds fault nothing (a round may still
     # fault one block in while the free space settles into reusable pieces)
     assert sum(reused[2:]) < 0.25 * sum(default[2:]), (reused, default)

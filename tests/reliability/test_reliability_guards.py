@@ -21,9 +21,8 @@ DEADLINE = "demo-deadline"
 TIMEOUT = 8   # seconds: TorchServe's response timeout on the deadline server; the engine stops at 8 - 2
 
 
-def test_an_hour_long_request_is_refused_before_any_work(demo_server, tally):
-    """16 x 512 tokens x 500 steps on the demo model with the launcher's defaults: 413 before any work (in
-    seconds, where the work would take an hour; under a second on a quiet machine)."""
+def test_an_hour_long_request_is_refused_in_under_a_second(demo_server, tally):
+    """16 x 512 tokens x 500 steps on the demo model with the launcher's defaults: 413 before any work."""
     server = demo_server["server"]
     record = tally("6 shared server")
     for headers in ({}, {"Accept": "application/json"}):
@@ -31,7 +30,7 @@ def test_an_hour_long_request_is_refused_before_any_work(demo_server, tally):
         response = post_json(server.url(DEMO), HOUR, headers=headers)
         took = time.time() - started
         body = response.json()
-        assert record.case(response.status_code == 413 and took < 5.0), (response.status_code, took, body)
+        assert record.case(response.status_code == 413 and took < 1.0), (response.status_code, took, body)
         assert 53_000 < body["work_gmac"] < 53_200 and body["work_gmac"] > body["max_work_gmac"] > 0
         assert "--max-work" in body["error"] and "16 sentence(s) x 512 tokens x 500 steps" in body["error"]
         assert "fewer n_steps" in body["error"]
@@ -62,7 +61,7 @@ def test_a_request_past_its_deadline_ends_with_504_and_frees_the_worker(deadline
     body = response.json()
     assert body["status"] == 504 and "ran out of time" in body["error"] and "interpolation rows" in body["error"]
     started = time.time()
-    assert record.case(post_json(server.url(DEADLINE), SMALL).status_code == 200 and time.time() - started < 15)
+    assert record.case(post_json(server.url(DEADLINE), SMALL).status_code == 200 and time.time() - started < 5)
     assert record.case(server.worker_pids(DEADLINE) == [pid])        # the same worker: none killed
 
 
