@@ -4,6 +4,7 @@
 - :func:`pid_alive` / :func:`cmdline`: is a process there, and what is it.
 - :func:`proc_bytes`: a ``Field: N kB`` line of a /proc file (VmRSS, VmHWM, MemAvailable) in bytes.
 - :func:`listener_uid`: the user whose process listens on a TCP port of this machine.
+- :func:`bind_error`: why a server could not listen on a port now (None when it could).
 - :func:`quiet_ports`: a range of ports to pick a server's from, outside the kernel's range for outgoing
   connections (a port picked there can be taken by any connection between the check and the bind).
 - :func:`sweep_orphans`: folders left by processes that are gone (each names its owner's pid), removed.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +43,21 @@ def proc_bytes(path, field: str) -> int | None:
                 return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
+    return None
+
+
+def bind_error(port: int, host: str = "") -> OSError | None:
+    """The error a server binding ``host:port`` would get now, None when the bind works (``""``, "0.0.0.0" and
+    "::" mean every interface). The probe sets SO_REUSEADDR, as TorchServe's Java sockets and Ray's servers do:
+    a closed connection's TIME_WAIT does not hold the port, only a live socket does (a restart on the same port
+    within the minute works). Not SO_REUSEPORT: with it two servers would share a port."""
+    host = "" if host in ("0.0.0.0", "::") else host
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            return error
     return None
 
 

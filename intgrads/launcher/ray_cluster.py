@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,7 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..system import quiet_ports
+from ..system import bind_error, quiet_ports
 from .paths import LaunchError
 
 RAY_PORTS = ("gcs", "dashboard", "client", "node_manager", "object_manager", "metrics_export", "agent_listen",
@@ -72,14 +71,8 @@ class RayPorts:
 
 
 def port_free(port: int, host: str = "") -> bool:
-    """A plain bind (no SO_REUSEPORT: Ray's proxy sets it, and two proxies would then share a port)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-            return True
-        except OSError:
-            return False
+    """Nothing holds ``port`` on ``host`` (every interface by default) that would stop a server binding it."""
+    return bind_error(port, host) is None
 
 
 def free_block(avoid: int) -> RayPorts:

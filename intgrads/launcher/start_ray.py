@@ -68,7 +68,7 @@ def start_ray(args) -> int:
     if _state(paths).get("frontend") == "ray" and not _state(paths).get("stopped_at"):
         raise LaunchError(f"an intgrads server may be running for {paths.run_dir}: stop it with {program()} --stop "
                           f"-p {args.port}, or pick another -p", code=1)
-    if not ray_cluster.port_free(args.port, "" if host in ("0.0.0.0", "::") else host):
+    if not ray_cluster.port_free(args.port, host):
         raise LaunchError(f"port {args.port} on {host} is taken: stop what runs there or choose another -p")
     if args.cuda:
         check_cuda(args)

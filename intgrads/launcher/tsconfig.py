@@ -8,6 +8,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..system import bind_error
 from .paths import LaunchError, program
 
 
@@ -76,20 +77,13 @@ def choose_ports(args) -> Ports:
 
 
 def check_ports_free(host: str, ports: Ports):
-    bind_host = "" if host in ("0.0.0.0", "::") else host
     for name, value in ports.items():
-        family = socket.AF_INET6 if ":" in bind_host else socket.AF_INET
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
-            # TorchServe's Java sockets set SO_REUSEADDR, so a closed connection's TIME_WAIT does not hold the
-            # port for them (a restart on the same port within a minute); only a live socket does.
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind((bind_host, value))
-            except OSError as error:
-                raise LaunchError(
-                    f"the {name} port {value} on {host or '*'} is taken ({error.strerror}). Another server may be "
-                    f"running there: stop it ({program()} --stop -p {ports.inference}, if it is ours) or choose other "
-                    "ports with -p PORT (management, metrics and gRPC follow PORT unless given)") from None
+        error = bind_error(value, host)
+        if error is not None:
+            raise LaunchError(
+                f"the {name} port {value} on {host or '*'} is taken ({error.strerror}). Another server may be "
+                f"running there: stop it ({program()} --stop -p {ports.inference}, if it is ours) or choose other "
+                "ports with -p PORT (management, metrics and gRPC follow PORT unless given)")
 
 
 def write_run_config(path: Path, base: dict, *, host: str, ports: Ports, model_store: Path, mar_names: list[str],

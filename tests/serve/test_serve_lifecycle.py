@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from intgrads.system import bind_error
+
 from .conftest import LAUNCHER, ROOT, free_port_block, launcher_env, post_json, run_launcher
 
 
@@ -32,13 +34,7 @@ def _pid_alive(pid: int) -> bool:
 
 def _port_free(port: int) -> bool:
     """Nothing listens on ``port``: a server could bind it (a closed connection's TIME_WAIT does not count)."""
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
+    return bind_error(port, "127.0.0.1") is None
 
 
 @pytest.fixture
