@@ -45,7 +45,7 @@ def run(args, job: dict, items: list, options: dict) -> RunReport:
     :class:`~intgrads.batch.worker.AnswerWriter`); returns the run's report. Raises ``OutputBusy``,
     :class:`WorkersFailed`, :class:`~intgrads.batch.cluster.JoinError` or KeyboardInterrupt (after cleaning up)."""
     output = Path(args.output).resolve()
-    with open_output(output, items, options, program=PROGRAM) as done:
+    with open_output(output, items, options, program=PROGRAM, overwrite=args.overwrite) as done:
         recovered = recover(done, options)
         report = RunReport(output=output, total=len(items), skipped=len(items) - len(done.todo))
         if recovered:

@@ -36,10 +36,10 @@ line). Pictures: :mod:`intgrads.pictures`.
 """
 
 from .cli import main
-from .index import INDEX_NAME, LOCK_NAME, OutputBusy, read_index, write_index
+from .index import INDEX_NAME, LOCK_NAME, OutputBusy, OutputConflict, read_index, write_index
 from .inputs import read_key_file, read_sentences
 from .report import RunReport
 from .sender import Client, ClientError, RunAborted
 
-__all__ = ["Client", "ClientError", "RunAborted", "RunReport", "OutputBusy", "read_sentences", "read_key_file",
+__all__ = ["Client", "ClientError", "RunAborted", "RunReport", "OutputBusy", "OutputConflict", "read_sentences", "read_key_file",
            "read_index", "write_index", "main", "INDEX_NAME", "LOCK_NAME"]

@@ -64,7 +64,11 @@ def input_flags(parser) -> None:
     """The input and output flags (also the batch job's): INPUT, -o, --format, --column."""
     parser.add_argument("input", nargs="?", default="-",
                         help="text file (one sentence a line), .csv/.tsv or .jsonl file, or - for stdin (default)")
-    parser.add_argument("-o", "--output", required=True, help="directory for the answers and index.jsonl")
+    parser.add_argument("-o", "--output", required=True, help="directory for the answers and index.jsonl (a rerun "
+                                                               "with the same options does only what is missing)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the answers the output directory holds from a run with other options "
+                             "(without it, such a directory is refused)")
     parser.add_argument("--format", choices=("text", "csv", "jsonl"),
                         help="input format (default: from the file name; stdin: text)")
     parser.add_argument("--column", help="CSV column or JSONL key holding the sentence "
@@ -200,7 +204,7 @@ def _main_send(argv) -> int:
         report = client.run(sentences, args.output, target=args.target, n_steps=args.n_steps, method=args.method,
                             baseline=args.baseline, precision=args.precision, tolerance=args.tolerance,
                             max_steps=args.max_steps, concurrency=args.concurrency,
-                            progress=not args.no_progress)
+                            progress=not args.no_progress, overwrite=args.overwrite)
     except RunAborted as error:
         print(f"intgrads-client: {error}", file=sys.stderr)
         return 1

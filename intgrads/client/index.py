@@ -23,6 +23,11 @@ class OutputBusy(RuntimeError):
     """Another client is writing into the same output directory."""
 
 
+class OutputConflict(OutputBusy):
+    """The output directory holds answers made with other options: a run would replace them (results are never
+    lost silently; ``overwrite`` replaces them on purpose)."""
+
+
 # The temporaries a run writes (an answer file's, the index's): the only files of the output it may remove.
 OWN_TEMPORARY = re.compile(r"^(\d{6,}\.gzip|index\.jsonl)\.tmp$")
 
@@ -122,6 +127,29 @@ def remove_own_temporaries(output: Path) -> None:
             leftover.unlink(missing_ok=True)
 
 
+def _shown(value) -> str:
+    if value is None:
+        return "the default"
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def option_conflict(records: dict, options: dict, output: Path) -> str | None:
+    """Why a run with ``options`` may not write into ``output``: the index holds answers (their files still
+    there) made with other options, which the run would replace. None when there are none."""
+    others = [record for record in records.values()
+              if record.get("file") and not record.get("error") and (record.get("options") or {}) != options
+              and (output / record["file"]).is_file()]
+    if not others:
+        return None
+    theirs = others[0].get("options") or {}
+    names = [name for name in dict.fromkeys([*theirs, *options]) if theirs.get(name) != options.get(name)]
+    differing = "; ".join(f"{name}: {_shown(theirs.get(name))} there, {_shown(options.get(name))} now"
+                          for name in names)
+    return (f"{output} holds {len(others)} answer(s) made with other options ({differing}); this run would "
+            f"replace them. To replace them, add --overwrite (overwrite=True in Python); to keep them, write into "
+            f"another folder with -o")
+
+
 class OutputRun:
     """A run's view of its output directory: ``records`` (line -> the index's record), ``todo`` (the
     ``(line, sentence)`` pairs not answered yet with these options), and :meth:`add` for each new record."""
@@ -145,10 +173,12 @@ class OutputRun:
 
 
 @contextlib.contextmanager
-def open_output(output, items, options: dict, program: str = "intgrads-client"):
+def open_output(output, items, options: dict, program: str = "intgrads-client", overwrite: bool = False):
     """Lock ``output`` (made if missing), remove our leftovers, read the index and yield an :class:`OutputRun`
     whose ``todo`` holds the ``items`` (``(line, sentence)``) not done with ``options``; on the way out, even
-    interrupted, the index is rewritten with one record per line and the lock removed."""
+    interrupted, the index is rewritten with one record per line and the lock removed. Raises
+    :class:`OutputConflict` (nothing changed) when ``output`` holds answers made with other options, unless
+    ``overwrite``."""
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     lock = lock_output(output, program)
@@ -156,6 +186,9 @@ def open_output(output, items, options: dict, program: str = "intgrads-client"):
         remove_own_temporaries(output)
         index = output / INDEX_NAME
         records = read_index(index)
+        conflict = None if overwrite else option_conflict(records, options, output)
+        if conflict:
+            raise OutputConflict(conflict)
         todo = [(line, text) for line, text in items if not is_done(records.get(line), text, options, output)]
         run = OutputRun(output, records, todo)
         try:

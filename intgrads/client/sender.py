@@ -155,15 +155,18 @@ class Client:
     # -- many sentences -------------------------------------------------------------------------------------
 
     def run(self, sentences: Iterable, output, *, target=None, n_steps=None, method=None, baseline=None,
-            precision=None, tolerance=None, max_steps=None, concurrency: int = 4, progress: bool = True) -> RunReport:
+            precision=None, tolerance=None, max_steps=None, concurrency: int = 4, progress: bool = True,
+            overwrite: bool = False) -> RunReport:
         """Send ``sentences`` (strings, numbered from 1, or ``(line, sentence)`` pairs) with ``concurrency``
         requests in flight, writing the answers and ``index.jsonl`` into ``output``; see the module docstring.
-        Raises :class:`RunAborted` on 401/403/404 or a refused key (after recording what was done)."""
+        Raises :class:`RunAborted` on 401/403/404 or a refused key (after recording what was done), and
+        ``OutputConflict`` (nothing sent) when ``output`` holds answers made with other options, unless
+        ``overwrite``."""
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1; got {concurrency}")
         items = _numbered(sentences)
         options = _request_options(target, n_steps, method, baseline, precision, tolerance, max_steps)
-        with open_output(output, items, options) as run:
+        with open_output(output, items, options, overwrite=overwrite) as run:
             report = RunReport(output=run.output, total=len(items), skipped=len(items) - len(run.todo))
             start = time.monotonic()
             try:

@@ -70,3 +70,25 @@ def test_the_workers_layout_on_a_running_cluster():
     assert cluster_layout(flags(workers=8), four_nodes, tasks=3).workers == 3
     with pytest.raises(LaunchError, match="do not fit the Ray cluster's 32 CPUs"):
         cluster_layout(flags(workers=40), four_nodes, tasks=1000)
+
+
+def test_a_folder_of_answers_made_with_other_options_is_refused_before_any_work(hf_files, tmp_path, capsys):
+    """The batch job shares the client's output directory: answers of another run's options are never replaced
+    silently; the refusal names the differing options and the two ways on, before Ray starts."""
+    import json
+
+    source = write_lines(tmp_path / "in.txt", ["a fine film"])
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / "000001.gzip").write_bytes(b"an earlier answer")
+    record = {"line": 1, "sentence": "a fine film", "file": "000001.gzip", "options": {"n_steps": 20,
+                                                                                      "target": "predicted"}}
+    (output / "index.jsonl").write_text(json.dumps(record) + "\n", encoding="utf-8")
+    code = main(["--hf-model", str(hf_files.weights), str(source), "-o", str(output), "--no-progress",
+                 "--model-store", str(tmp_path / "store"), "--n-steps", "10"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "intgrads-batch: " in err and "1 answer(s) made with other options" in err
+    assert "n_steps: 20 there, 10 now; target: predicted there, the default now" in err
+    assert "--overwrite" in err and "another folder with -o" in err
+    assert (output / "000001.gzip").read_bytes() == b"an earlier answer"

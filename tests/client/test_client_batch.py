@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import intgrads
-from intgrads.client import Client, RunAborted, main, read_index, read_sentences
+from intgrads.client import Client, OutputConflict, RunAborted, main, read_index, read_sentences
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -82,11 +82,23 @@ def test_run_writes_answers_retries_5xx_not_4xx_and_resumes(stub, tmp_path):
     assert (output / "000005.gzip").is_file() and not list(output.glob("*.tmp"))
     assert [record["line"] for record in index_lines(output)] == [1, 2, 4, 5]   # compacted, one per line
 
-    # Other options: the earlier answers do not count, everything is asked again.
+    # Other options: the folder's answers are never replaced silently; refused, naming the options and the ways on.
     stub.always.clear()
-    report = client.run(sentences, output, n_steps=4, target=1, concurrency=2, progress=False)
-    assert (report.answered, report.failed, report.skipped) == (4, 0, 0)
-    assert all(record["n_steps"] == 4 for record in index_lines(output))
+    kept = (output / "000001.gzip").read_bytes()
+    sent = sum(stub.requests.values())
+    with pytest.raises(OutputConflict) as refused:
+        client.run(sentences, output, n_steps=4, target=1, concurrency=2, progress=False)
+    message = str(refused.value)
+    assert "3 answer(s) made with other options (n_steps: 8 there, 4 now)" in message
+    assert "--overwrite" in message and "-o" in message
+    assert sum(stub.requests.values()) == sent and (output / "000001.gzip").read_bytes() == kept
+    # The CLI says the same on stderr and exits 2; --overwrite replaces them.
+    args = [str(tmp_path / "in.txt"), "-o", str(output), "-u", stub.url, "--n-steps", "4", "--no-progress",
+            "--retries", "0"]
+    assert main(args) == 2
+    assert main(args + ["--target", "1", "--overwrite"]) == 0
+    assert all(record["n_steps"] == 4 and record["options"] == {"target": 1, "n_steps": 4}
+               for record in index_lines(output))
 
 
 def test_5xx_until_retries_run_out_is_recorded_and_the_run_goes_on(stub, tmp_path):
