@@ -227,7 +227,8 @@ def _sentence_answer(bundle, batch, options, i, *, x, b, path, logits_x, logits_
     warnings = answer_warnings(delta=delta, f_input=f_input, f_baseline=f_baseline,
                                step_maxima=gi.abs().amax(dim=(1, 2)).tolist(), alphas=path.alphas, n_steps=steps,
                                finite=finite, full_length=batch["full_lengths"][i], max_tokens=options.max_tokens,
-                               auto=refinement is not None, unfinished=refinement and refinement.warning())
+                               auto=refinement is not None, unfinished=refinement and refinement.warning(),
+                               method=options.method)
     answer = {
         "integrated_gradients": ig.unsqueeze(0).cpu(),
         "intermediate_gradients": gi.cpu(),

@@ -30,18 +30,18 @@ NON_FINITE = "non-finite values"
 
 def answer_warnings(*, delta: float, f_input: float, f_baseline: float, step_maxima, alphas, n_steps: int,
                     finite: bool, full_length: int, max_tokens: int, auto: bool = False,
-                    unfinished: str | None = None) -> list[str]:
+                    unfinished: str | None = None, method: str | None = None) -> list[str]:
     """The warnings of one answer (an empty list when all is well). ``step_maxima``: m_k = max|g_k| per step,
     in the order of ``alphas``. ``auto``: the points were chosen by n_steps "auto"; ``unfinished``: its warning
-    when it stopped short of the tolerance."""
+    when it stopped short of the tolerance; ``method``: the quadrature rule used (the advice names what was not
+    tried yet)."""
     warnings = []
     if not finite:
         warnings.append(f"{NON_FINITE} (NaN or infinity) in the gradients, integrated gradients or logits: the "
                         "model overflows on this path; try another baseline (pad, unk) or float32 inputs")
     difference = f_input - f_baseline
     if math.isfinite(delta) and abs(delta) > CONVERGENCE_ATOL and abs(delta) > CONVERGENCE_RTOL * abs(difference):
-        advice = ("raise max_steps" if auto else
-                  f"try n_steps {max(2 * n_steps, 100)} or method gausslegendre")
+        advice = "raise max_steps" if auto else convergence_advice(n_steps, method)
         warnings.append(f"the integral did not converge: |convergence delta| = {abs(delta):.3g} is "
                         f"{_share(delta, difference)} of |F(x) - F(b)| = {abs(difference):.3g} (warned above "
                         f"{CONVERGENCE_RTOL:.0%}); {advice}")
@@ -64,7 +64,24 @@ def answer_warnings(*, delta: float, f_input: float, f_baseline: float, step_max
     return warnings
 
 
+def convergence_advice(n_steps: int, method: str | None) -> str:
+    """What to try after a fixed rule of ``n_steps`` points did not converge: n_steps "auto" first (it refines until
+    its error estimate is under the tolerance), then more points, with Gauss-Legendre when another rule was used."""
+    more = max(2 * n_steps, 100)
+    if method in (None, "gausslegendre"):
+        return f'try n_steps "auto" (refined until the error is within its tolerance), or n_steps {more}'
+    return (f'try n_steps "auto" (refined until the error is within its tolerance), or method gausslegendre, or '
+            f"n_steps {more}")
+
+
 def _share(delta: float, difference: float) -> str:
+    """|delta| / |difference| as a percentage with as many decimals as it takes not to read as the threshold
+    itself ("5.1%", never "5%", for a share just above CONVERGENCE_RTOL)."""
     if difference == 0:
         return "all"
-    return f"{abs(delta) / abs(difference):.0%}"
+    share = abs(delta) / abs(difference)
+    for decimals in range(4):
+        text = f"{share:.{decimals}%}"
+        if float(text.rstrip("%")) / 100 > CONVERGENCE_RTOL:
+            break
+    return text

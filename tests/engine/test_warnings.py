@@ -25,7 +25,11 @@ def test_thresholds_by_hand():
     assert _warnings() == []
     assert _warnings(delta=0.049) == []                       # 4.9% of F(x) - F(b) = 1
     (text,) = _warnings(delta=0.051)
-    assert text.startswith("the integral did not converge: |convergence delta| = 0.051 is 5% of")
+    assert text.startswith("the integral did not converge: |convergence delta| = 0.051 is 5.1% of")
+    (text,) = _warnings(delta=0.0504)                       # never "5% ... (warned above 5%)"
+    assert "is 5.04% of" in text and "(warned above 5%)" in text
+    (text,) = _warnings(delta=0.64)
+    assert "is 64% of" in text
     assert _warnings(delta=0.0009, f_input=0.001) == []      # below the absolute floor
     (text,) = _warnings(step_maxima=[1e4, 1.0, 1.1], n_steps=3)
     assert "spike near alpha = 0.1 (step 0)" in text and "9.09e+03 x their median" in text   # median of 1.0, 1.1, 1e4
@@ -33,6 +37,17 @@ def test_thresholds_by_hand():
     (text,) = _warnings(full_length=600, max_tokens=512)
     assert text == "truncated: the sentence has 600 tokens; its first 512 (special tokens kept) were attributed"
     assert _warnings(finite=False)[0].startswith(NON_FINITE)
+
+
+def test_the_advice_names_what_works_and_what_was_not_used():
+    """n_steps "auto" first; Gauss-Legendre only to an answer that used another rule; auto's own advice."""
+    gauss = _warnings(delta=0.5, n_steps=20, method="gausslegendre")[0]
+    assert gauss.endswith('; try n_steps "auto" (refined until the error is within its tolerance), or n_steps 100')
+    assert "method gausslegendre" not in gauss
+    riemann = _warnings(delta=0.5, n_steps=80, method="riemann_trapezoid")[0]
+    assert riemann.endswith('try n_steps "auto" (refined until the error is within its tolerance), or method '
+                            "gausslegendre, or n_steps 160")
+    assert _warnings(delta=0.5, auto=True)[0].endswith("; raise max_steps")
 
 
 def test_a_converged_answer_has_no_warnings(bundles):
@@ -45,7 +60,10 @@ def test_too_few_steps_warn_that_the_integral_did_not_converge(bundles):
     # F(x) - F(b) = sum(IG) - delta, so the share the warning states is |delta| / |sum(IG) - delta|
     difference = float(answer["token_attributions"].sum()) - answer["convergence_delta"]
     assert abs(answer["convergence_delta"]) > 0.05 * abs(difference)
-    assert any(w.startswith("the integral did not converge") for w in answer["warnings"]), answer["warnings"]
+    (text,) = [w for w in answer["warnings"] if w.startswith("the integral did not converge")]
+    assert 'try n_steps "auto"' in text and "or method gausslegendre" in text      # riemann_left was used
+    answer = intgrads.attribute(bundles["bert"], SENTENCE, n_steps=2)              # Gauss-Legendre: not advised again
+    assert all("method gausslegendre" not in w for w in answer["warnings"]), answer["warnings"]
 
 
 def test_xlnet_with_a_zero_baseline_spikes_near_alpha_zero(bundles):
