@@ -18,6 +18,7 @@ import json
 import os
 import queue
 import random
+import socket
 import threading
 import time
 from pathlib import Path
@@ -51,8 +52,10 @@ class ClientError(Exception):
     """A request that did not give an answer; ``status`` is the HTTP status (None: no HTTP answer)."""
 
     def __init__(self, message: str, *, status: int | None = None, url: str | None = None, attempts: int = 1,
-                 interrupted: bool = False, final: bool = False, retry_after: float | None = None):
+                 interrupted: bool = False, final: bool = False, retry_after: float | None = None,
+                 no_server: bool = False):
         super().__init__(message)
+        self.no_server = no_server       # no URL of the client ever answered: nothing listens there
         self.status = status
         self.url = url
         self.attempts = attempts
@@ -64,13 +67,42 @@ class ClientError(Exception):
     def retryable(self) -> bool:
         """No answer (or a broken one), or a 5xx other than 504: the server's own deadline, which the same request
         meets again."""
-        return not self.final and (self.status is None or (self.status >= 500 and self.status != 504))
+        return not self.final and not self.no_server and (self.status is None or (self.status >= 500
+                                                                                     and self.status != 504))
 
     @property
     def fatal(self) -> bool:
-        """True when no other sentence can succeed either (bad key, wrong URL or model name)."""
-        return self.status in FATAL_STATUSES or (self.status is not None and 400 <= self.status < 500
+        """True when no other sentence can succeed either (no server, bad key, wrong URL or model name)."""
+        return self.no_server or self.status in FATAL_STATUSES or (self.status is not None and 400 <= self.status < 500
                                                  and TOKEN_REFUSED in str(self))
+
+
+START_HINT = "start it with `intgrads --demo` (the demo model) or `intgrads -bp MODEL.pth` (see `intgrads --help`)"
+
+
+def no_connection(exc) -> str | None:
+    """Why ``exc`` (a requests/urllib3 error) made no connection at all, in words ("connection refused", "host not
+    found", "no route to host"...); None when a connection was made (and then dropped or timed out)."""
+    seen, stack = set(), [exc]
+    while stack:
+        error = stack.pop()
+        if error is None or id(error) in seen:
+            continue
+        seen.add(id(error))
+        if isinstance(error, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(error, (socket.gaierror, urllib3.exceptions.NameResolutionError)):
+            return "host not found"
+        if isinstance(error, OSError) and error.strerror and not isinstance(error, TimeoutError):
+            return error.strerror[:1].lower() + error.strerror[1:]
+        if isinstance(error, urllib3.exceptions.NewConnectionError):   # (a ConnectTimeoutError in urllib3 2)
+            found = no_connection(error.__cause__ or error.__context__)
+            return found or "could not connect"
+        if isinstance(error, urllib3.exceptions.ConnectTimeoutError):
+            return None
+        stack.extend([error.__cause__, error.__context__, getattr(error, "reason", None),
+                      *(arg for arg in getattr(error, "args", ()) if isinstance(arg, BaseException))])
+    return None
 
 
 class RunAborted(ClientError):
@@ -132,6 +164,8 @@ class Client:
         self.rebuild = rebuild   # in a run, which servers' bodies come compact (x and b), rebuilt here
         self._no_compact: set = set()   # servers that refused compact answers (an older intgrads)
         self.rebuilt = 0   # answers taken compact and rebuilt here
+        self._answered = False          # some URL gave an HTTP answer (then a refused connection is retried)
+        self._unreachable: dict = {}    # url -> why no connection was made, while none has answered
 
     # -- one sentence ---------------------------------------------------------------------------------------
 
@@ -211,6 +245,8 @@ class Client:
             stop.set()
             if bar is not None:
                 bar.close()
+        if abort is not None and abort.no_server:
+            raise RunAborted(str(abort), url=abort.url, attempts=abort.attempts, no_server=True)
         if abort is not None:
             raise RunAborted(f"stopped: {abort} (from {abort.url}); no sentence can succeed like this",
                              status=abort.status, url=abort.url, attempts=abort.attempts)
@@ -336,6 +372,7 @@ class Client:
             try:
                 response = self._session().post(url, json=sent, headers=asked, stream=True,
                                                 timeout=(min(10.0, self.timeout), self.timeout))
+                self._answered = True
                 with response:
                     answer_body = binary and response.status_code == 200
                     reply.body = read_capped(response, self.max_answer_bytes if answer_body else MAX_SMALL_BODY,
@@ -350,13 +387,30 @@ class Client:
                 raise ClientError(str(exc), url=url, attempts=attempt, final=True) from None
             except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
                     requests.exceptions.ContentDecodingError) as exc:
-                error = ClientError(f"{type(exc).__name__}: {short(exc)}", status=None, url=url, attempts=attempt)
+                error = self._connection_error(exc, url, attempt)
             except (OSError, urllib3.exceptions.HTTPError) as exc:  # the connection dropped while reading the body
                 error = ClientError(f"{type(exc).__name__}: {short(exc)}", status=None, url=url, attempts=attempt)
             if error is _ASK_AGAIN:
                 attempt -= 1
                 continue
             self._wait_or_raise(error, attempt, stop)
+
+    def _connection_error(self, exc, url: str, attempt: int) -> ClientError:
+        """The :class:`ClientError` of a try that got no HTTP answer. While no URL has ever answered, a URL where no
+        connection can be made counts as having no server; once every URL is such, the error is ``no_server``:
+        the run stops after this first round instead of retrying for minutes."""
+        reason = no_connection(exc)
+        if reason is None:
+            return ClientError(f"{type(exc).__name__}: {short(exc)}", status=None, url=url, attempts=attempt)
+        with self._url_lock:
+            if not self._answered:
+                self._unreachable[url] = reason
+            nobody = not self._answered and set(self._unreachable) >= set(self.urls)
+        if nobody:
+            where = ", ".join(self.urls)
+            return ClientError(f"no server at {where} ({reason}): is it running? {START_HINT}", status=None, url=url,
+                               attempts=attempt, no_server=True)
+        return ClientError(f"no connection to {url}: {reason}", status=None, url=url, attempts=attempt)
 
     def _refusal(self, reply: Reply, status: int, binary: bool):
         """None when ``reply`` is an answer (its gzip body decoded into ``reply.answer``); ``_ASK_AGAIN`` to ask at

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import intgrads
-from intgrads.client import Client, OutputConflict, RunAborted, main, read_index, read_sentences
+from intgrads.client import Client, ClientError, OutputConflict, RunAborted, main, read_index, read_sentences
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -125,6 +125,25 @@ def test_connection_errors_are_retried_on_the_next_url(stub, tmp_path):
     records = read_index(tmp_path / "index.jsonl")
     assert [records[line]["attempts"] for line in (1, 2)] == [2, 2]
     assert all(records[line]["url"] == stub.url for line in (1, 2))
+
+
+def test_no_server_at_any_url_stops_after_the_first_round_with_a_hint(tmp_path, capsys):
+    """Nothing listens: the run stops at once (the default retries and backoff would wait minutes), saying where
+    nothing answered, why, and how to start a server; not urllib3's text, nor one message per sentence."""
+    source = write_lines(tmp_path / "in.txt", [f"sentence {i}" for i in range(20)])
+    urls = [free_port_url(), free_port_url()]
+    started = time.monotonic()
+    code = main([str(source), "-o", str(tmp_path / "out"), "-u", ",".join(urls), "--no-progress"])
+    seconds = time.monotonic() - started
+    err = capsys.readouterr().err
+    assert code == 1 and seconds < 5, (seconds, err)
+    assert f"intgrads-client: no server at {urls[0]}, {urls[1]} (connection refused): is it running? start it " \
+           "with `intgrads --demo`" in err, err
+    assert "HTTPConnectionPool" not in err and "Max retries" not in err and err.count("no server") == 1
+    assert read_index(tmp_path / "out" / "index.jsonl") == {}      # nothing recorded: a rerun sends everything
+    with pytest.raises(ClientError) as raised:                      # the one-sentence API says the same at once
+        Client(urls[0]).fetch("one sentence")
+    assert raised.value.no_server and str(raised.value).startswith(f"no server at {urls[0]} (connection refused)")
 
 
 def test_round_robin_over_two_servers(make_stub, tmp_path):
