@@ -216,3 +216,28 @@ def test_build_replaces_an_existing_directory_and_cli(tmp_path, monkeypatch, cap
     assert capsys.readouterr().out.strip() == str(out)
     assert demo.is_complete(out) and not (out / "old.txt").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_demo_model_from_python_anywhere_is_built_once_into_the_users_cache(tmp_path, monkeypatch, demo_dir):
+    """``intgrads.demo_model()`` needs no model_store/ in the current folder: the first call builds into this user's
+    cache ($INTGRADS_CACHE, else $XDG_CACHE_HOME/intgrads), later ones load from there."""
+    import shutil
+
+    import intgrads
+
+    monkeypatch.delenv("INTGRADS_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert demo.demo_cache() == tmp_path / "xdg" / "intgrads"
+    monkeypatch.setenv("INTGRADS_CACHE", str(tmp_path / "cache"))
+    assert demo.demo_cache() == tmp_path / "cache"
+    calls = []
+    monkeypatch.setattr(demo, "_build_into", lambda out: (calls.append(out), shutil.copytree(demo_dir, out,
+                                                                                            dirs_exist_ok=True)))
+    monkeypatch.chdir(tmp_path)
+    bundle = intgrads.demo_model()
+    assert len(calls) == 1 and (tmp_path / "cache" / demo.DEMO_NAME / "demo.json").is_file()
+    assert bundle.label_names == ["negative", "positive"] and len(repr(bundle)) < 300
+    again = intgrads.demo_model()
+    assert len(calls) == 1 and again.source == bundle.source == str(tmp_path / "cache" / demo.DEMO_NAME)
+    answer = intgrads.attribute(again, "a wonderful film", n_steps=8)
+    assert "predicted 1 'positive'" in repr(answer)

@@ -89,6 +89,10 @@ def encode_answer(obj: Any, *, outputs=None, dtype: str | None = None, level: in
         raise ValueError(f"level must be one of {', '.join(map(str, GZIP_LEVELS))}; got {level!r}")
     if outputs is not None or dtype is not None:
         obj = prepare_answer(obj, outputs=outputs, dtype=dtype)
+    elif isinstance(obj, list):
+        obj = [dict(item) if isinstance(item, dict) and type(item) is not dict else item for item in obj]
+    elif isinstance(obj, dict) and type(obj) is not dict:
+        obj = dict(obj)   # an intgrads.Answer: written as the plain dict weights_only loading reads
     raw = save_bytes(obj)   # torch.save's bytes, its CRC-32s from ISA-L
     if level == 0:
         return gzip_stored(raw)

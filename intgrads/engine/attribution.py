@@ -41,7 +41,7 @@ ADAPTIVE_METHOD = "adaptive"   # the answer's method with n_steps "auto" (its po
 def attribute(bundle, sequence_or_list, *, target=1, n_steps=50, method="gausslegendre", baseline="zero",
               keep_special_tokens=False, internal_batch_size=None, max_tokens=512,
               chunk_tokens=DEFAULT_CHUNK_TOKENS, deadline=None, precision=DEFAULT_PRECISION, endpoints=False,
-              tolerance=DEFAULT_TOLERANCE, max_steps=DEFAULT_MAX_STEPS, idgi=False):
+              tolerance=None, max_steps=None, idgi=False):
     """Integrated and intermediate gradients of ``bundle``'s ``target`` logit for one sentence
     (returns a dict) or a list of sentences (returns a list of dicts). See the README for the keys.
 
@@ -57,7 +57,8 @@ def attribute(bundle, sequence_or_list, *, target=1, n_steps=50, method="gaussle
 
     ``n_steps="auto"`` chooses each sentence's points (:mod:`intgrads.engine.adaptive`): refined until the estimated
     relative error of the token attributions and r = |convergence delta| / |F(x) - F(b)| are both within
-    ``tolerance``, with at most ``max_steps`` points; ``method`` is then not used, and the answer's ``method`` is
+    ``tolerance`` (default DEFAULT_TOLERANCE), with at most ``max_steps`` points (default DEFAULT_MAX_STEPS); with
+    a fixed ``n_steps`` they raise ValueError, as a server refuses them; ``method`` is then not used, and the answer's ``method`` is
     "adaptive". ``idgi=True`` adds ``idgi`` (1, T, H) and ``idgi_token_attributions`` (T,) (:mod:`.idgi`)."""
     sentences, single = check_sequences(sequence_or_list)
     tokenizer = bundle.tokenizer

@@ -18,7 +18,7 @@ from .weights import check_keys, read_state_dict
 PROBE_WORDS = ("the", "good", "movie")
 
 
-@dataclass
+@dataclass(repr=False)
 class ModelBundle:
     """A model ready for attribution: eval mode, no parameter gradients, on ``device``."""
 
@@ -37,6 +37,12 @@ class ModelBundle:
     activation: str | None = None   # the feed-forward activation that runs (config name, e.g. "gelu_new")
     # attribute() substitutes the layer's output inside the model while it runs: one call at a time
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __repr__(self) -> str:
+        """One line (the dataclass's repr would print the whole network)."""
+        labels = ", ".join(self.label_names) if self.label_names else str(self.num_labels)
+        return (f"ModelBundle({self.family}/{self.layout}, layer {self.layer_name!r}, labels [{labels}], "
+                f"device {self.device}, source {self.source!r})")
 
     @property
     def num_labels(self) -> int:

@@ -36,9 +36,9 @@ def _is_int(value) -> bool:
 
 def check_options(*, target, n_steps, method, baseline, keep_special_tokens, internal_batch_size,
                   max_tokens, num_labels: int, min_tokens: int = 1, max_positions: int | None = None,
-                  precision: str = DEFAULT_PRECISION, tolerance=DEFAULT_TOLERANCE,
-                  max_steps=DEFAULT_MAX_STEPS) -> Options:
-    """Return the options as an :class:`Options`, or raise ``ValueError`` naming the bad one."""
+                  precision: str = DEFAULT_PRECISION, tolerance=None, max_steps=None) -> Options:
+    """Return the options as an :class:`Options`, or raise ``ValueError`` naming the bad one. ``tolerance`` and
+    ``max_steps`` go with ``n_steps="auto"`` only (None: their defaults), as a server refuses them otherwise."""
     if not (target == "predicted" or (_is_int(target) and 0 <= target < num_labels)):
         raise ValueError(
             f"target must be an integer from 0 to {num_labels - 1} or \"predicted\"; got {target!r}")
@@ -48,6 +48,11 @@ def check_options(*, target, n_steps, method, baseline, keep_special_tokens, int
     if not (n_steps == AUTO or (_is_int(n_steps) and low <= n_steps <= MAX_STEPS)):
         raise ValueError(f"n_steps must be an integer from {low} to {MAX_STEPS} for method {method}, or "
                          f"\"{AUTO}\"; got {n_steps!r}")
+    if n_steps != AUTO and (tolerance is not None or max_steps is not None):
+        raise ValueError(f"tolerance and max_steps go with n_steps=\"{AUTO}\" (the engine then chooses the steps); "
+                         f"with n_steps {n_steps!r} leave them out")
+    tolerance = DEFAULT_TOLERANCE if tolerance is None else tolerance
+    max_steps = DEFAULT_MAX_STEPS if max_steps is None else max_steps
     check_auto(tolerance, max_steps)
     if baseline not in BASELINES:
         raise ValueError(f"baseline must be one of {', '.join(BASELINES)}; got {baseline!r}")

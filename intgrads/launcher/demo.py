@@ -17,6 +17,7 @@ each label's logit is half the margin).
 
     build_demo_model(out_dir)      -> out_dir, a save_pretrained directory (model + tokenizer)
     ensure_demo_model(model_store) -> <model_store>/demo-sentiment, built only when missing
+    demo_model()                   -> the model loaded (intgrads.demo_model), built once into this user's cache
     python -m intgrads.launcher.demo OUT_DIR
 
 Builds are atomic: the directory is written under a temporary name beside ``out_dir`` and renamed
@@ -143,6 +144,23 @@ def ensure_demo_model(model_store) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
+
+
+def demo_cache() -> Path:
+    """Where :func:`demo_model` keeps the demo model: ``$INTGRADS_CACHE``, else ``$XDG_CACHE_HOME/intgrads``, else
+    ``~/.cache/intgrads`` (this user's)."""
+    if os.environ.get("INTGRADS_CACHE"):
+        return Path(os.environ["INTGRADS_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "intgrads"
+
+
+def demo_model(device: str = "cpu", cache=None):
+    """The demo model loaded for :func:`intgrads.attribute`, from any folder: built the first time (about half a
+    minute, offline) into this user's cache (:func:`demo_cache`, or ``cache``) and loaded from there after."""
+    from ..engine.models import load_model
+
+    return load_model("hf", ensure_demo_model(Path(cache) if cache else demo_cache()), device=device)
 
 
 @contextlib.contextmanager

@@ -38,14 +38,17 @@ from .page import html_page
 HTML_SUFFIXES = (".html", ".htm")
 MATPLOTLIB_SUFFIXES = (".png", ".svg", ".pdf")
 
-__all__ = ["Picture", "render_answer", "make_figure", "html_page", "picture_data", "accumulated_attributions",
+__all__ = ["Picture", "render_answer", "show", "make_figure", "html_page", "picture_data", "accumulated_attributions",
            "path_alphas", "path_difference", "caption_parts", "caption_text", "diverging_rgb", "display_tokens"]
 
 
-def render_answer(answer, path, *, top: int = 8, title: str | None = None) -> Picture:
+def render_answer(answer, path=None, *, top: int = 8, title: str | None = None) -> Picture:
     """Draw ``answer`` (a dict, or a one-element list) into ``path``: ``.png``/``.svg``/``.pdf`` with
     matplotlib, ``.html`` as a self-contained page. ``top``: tokens named in the path panel's legend.
-    Returns the :class:`Picture` data that was drawn."""
+    Returns the :class:`Picture` data that was drawn; without ``path``, nothing is written and the
+    :class:`Picture` shows itself in a notebook (the last value of a cell)."""
+    if path is None:
+        return picture_data(answer)
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in HTML_SUFFIXES:
@@ -59,3 +62,18 @@ def render_answer(answer, path, *, top: int = 8, title: str | None = None) -> Pi
         raise ValueError(f"output must end in .png, .svg, .pdf or .html; got {path.name!r}")
     picture.path = path
     return picture
+
+
+def show(answer):
+    """Show ``answer``'s picture inline in a notebook (IPython's display); elsewhere return the :class:`Picture`,
+    whose ``_repr_png_`` is the PNG (``render_answer(answer, "out.png")`` writes a file)."""
+    picture = picture_data(answer)
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+    except ImportError:
+        return picture
+    if get_ipython() is None:
+        return picture
+    display(picture)
+    return None
