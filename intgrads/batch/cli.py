@@ -26,8 +26,6 @@ INTERRUPTED = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..answer.keys import DTYPE_NAMES, SENDABLE_NAMES
-
     parser = argparse.ArgumentParser(
         prog=PROGRAM, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Attribute every sentence of a file with a model, on the workers of a Ray cluster (one of its "
@@ -37,16 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
                "  intgrads-batch -bp bert.pth --tokenizer ./bert-base-uncased reviews.csv --column text -o answers/\n"
                "  intgrads-batch -xll xlnet-large.pth --cuda --ray-address HEAD:6379 --ray-token-file TOKEN "
                "big.jsonl -o /shared/answers/")
-    model_flags(parser.add_argument_group("model (the launcher's flags; one model per run)"))
+    model_flags(parser.add_argument_group("model (the launcher's flags; one model per run)"), server=False)
     parser.add_argument("--model-store", metavar="DIR", help="where the demo model is built and hub tokenizers are "
                                                              "resolved (default model_store/)")
     input_flags(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar or messages")
-    request = parser.add_argument_group("request options (left out: the server's defaults)")
-    request_flags(request)
-    request.add_argument("--dtype", choices=DTYPE_NAMES, help="the answer's float tensors (default float32)")
-    request.add_argument("--outputs", metavar="NAMES", help="comma-separated answer keys to keep, from "
-                                                            f"{', '.join(SENDABLE_NAMES)} (default: every key)")
+    request = parser.add_argument_group("request options (left out: the defaults a server uses)")
+    request_flags(request, server=False)
     limits = parser.add_argument_group("limits")
     engine_limit_flags(limits)
     limits.add_argument("--no-truncate", action="store_true",

@@ -38,7 +38,7 @@ def request_fields(args) -> dict:
     given = {"target": args.target, "n_steps": args.n_steps, "method": args.method, "baseline": args.baseline,
              "precision": args.precision, "tolerance": args.tolerance, "max_steps": args.max_steps,
              "dtype": args.dtype,
-             "outputs": [name.strip() for name in args.outputs.split(",") if name.strip()] if args.outputs else None}
+             "outputs": args.outputs}
     return {key: given[key] for key in INDEX_OPTION_KEYS if given[key] is not None}
 
 
@@ -82,7 +82,10 @@ def model_of(args) -> dict:
     store.mkdir(parents=True, exist_ok=True)
     spec = model_specs(args, store)[0]
     tokenizer = tokenizer_directory(spec, store / ".build" / spec.name)
-    facts = validate_model(spec, tokenizer)   # the target is checked with the server's message (check_request)
+    from .job import _say
+
+    # the target is checked with the server's message (check_request); the check is said on stderr, as ours
+    facts = validate_model(spec, tokenizer, say=lambda text: _say(args, text))
     return {"family": spec.family, "weights": str(spec.weights), "config": str(spec.config) if spec.config else None,
             "tokenizer": str(tokenizer) if tokenizer else None, "name": spec.name, "num_labels": facts["num_labels"]}
 

@@ -60,6 +60,11 @@ def fraction(value: str) -> float:
     return number
 
 
+def answer_keys(value: str) -> list:
+    """--outputs: comma-separated answer keys (checked against what a server may send by the command)."""
+    return [name.strip() for name in value.split(",") if name.strip()]
+
+
 def input_flags(parser) -> None:
     """The input and output flags (also the batch job's): INPUT, -o, --format, --column."""
     parser.add_argument("input", nargs="?", default="-",
@@ -75,30 +80,49 @@ def input_flags(parser) -> None:
                                          "(default: sequence, sentence or text)")
 
 
-def request_flags(parser) -> None:
+CLIENT_READS = ("tokens", "token_attributions", "logits")   # kept by the client's --outputs whatever it names
+# What a request leaves out gets (a server's DEFAULT_OPTIONS, the engine's attribute; tests/client checks they agree).
+DEFAULTS = {"target": 1, "n_steps": 50, "method": "gausslegendre", "baseline": "zero"}
+
+
+def request_flags(parser, server: bool = True) -> None:
     """The request options (also the batch job's): --target, --n-steps (auto: with --tolerance and --max-steps),
-    --method, --baseline, --precision; each left out is the server's default."""
+    --method, --baseline, --precision, --dtype, --outputs; each left out is the default a server uses."""
+    from ..answer.keys import DTYPE_NAMES, SENDABLE_NAMES
     from ..engine.adaptive import DEFAULT_MAX_STEPS, DEFAULT_TOLERANCE
+
+    def default(name):   # a server may have been started with another (the launcher's --target, --n-steps, --method)
+        return f"default {DEFAULTS[name]}" + (", or the server's own" if server and name != "baseline" else "")
+
     from ..engine.baselines import BASELINES
     from ..engine.precision import PRECISIONS
     from ..engine.quadrature import METHODS
 
-    parser.add_argument("--target", type=_target, help="class whose logit is attributed, or 'predicted'")
-    parser.add_argument("--n-steps", type=steps, help="quadrature steps, or auto (the engine refines each sentence "
-                                                     "until --tolerance)")
+    parser.add_argument("--target", type=_target, help="class whose logit is attributed, or 'predicted' "
+                                                       f"({default('target')})")
+    parser.add_argument("--n-steps", type=steps, help=f"quadrature steps ({default('n_steps')}), or auto "
+                                                     "(the engine refines each sentence until --tolerance)")
     parser.add_argument("--tolerance", type=fraction, help="with --n-steps auto: the relative error aimed for "
                                                            f"(default {DEFAULT_TOLERANCE})")
     parser.add_argument("--max-steps", type=most_steps, help="with --n-steps auto: the most steps (default "
-                                                               f"{DEFAULT_MAX_STEPS}, or a server's --max-steps)")
-    parser.add_argument("--method", choices=METHODS, help="quadrature rule")
-    parser.add_argument("--baseline", choices=BASELINES, help="baseline")
+                                                               f"{DEFAULT_MAX_STEPS}" + (", or a server's --max-steps)" if server else ")"))
+    parser.add_argument("--method", choices=METHODS, help=f"quadrature rule ({default('method')})")
+    parser.add_argument("--baseline", choices=BASELINES, help=f"baseline ({default('baseline')})")
     parser.add_argument("--precision", choices=PRECISIONS,
-                        help="arithmetic of the model's passes (server default: float32; see the README)")
+                        help="arithmetic of the model's passes (default float32)")
+    parser.add_argument("--dtype", choices=DTYPE_NAMES, help="the answer's float tensors (default float32)")
+    parser.add_argument("--outputs", type=answer_keys, metavar="NAMES",
+                        help=f"comma-separated answer keys to keep, from {', '.join(SENDABLE_NAMES)} "
+                             "(default: every key but the IDGI and endpoint ones"
+                             + ("; the client adds tokens, token_attributions and logits, which it reads)" if server
+                                else ")"))
 
 
 def _send_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="intgrads-client",
+        usage="intgrads-client [send] [INPUT] -o DIR -u URL [options]\n"
+              "       intgrads-client render ANSWER.gzip [-o out.png|out.html] [--top N]",
         description="Send sentences to intgrads servers; write one answer file per sentence and index.jsonl. "
                     "(`intgrads-client render ANSWER.gzip -o out.png|out.html` draws an answer.)")
     input_flags(parser)
@@ -110,7 +134,8 @@ def _send_parser() -> argparse.ArgumentParser:
     auth.add_argument("--token", help=f"inference key (default: ${TOKEN_ENV} if set)")
     auth.add_argument("--key-file", help="TorchServe's key_file.json: its inference key is used")
     parser.add_argument("-j", "--concurrency", type=positive_int, default=4, help="requests in flight (default 4)")
-    parser.add_argument("--retries", type=int, default=5, help="tries after a 5xx or connection error (default 5)")
+    parser.add_argument("--retries", type=int, default=5, help="tries after a 5xx or connection error (default 5; none when no URL "
+                                                                   "has answered at all: no server there)")
     parser.add_argument("--backoff", type=float, default=1.0, help="first retry wait in seconds, doubled each "
                                                                     "time (default 1)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for one answer (default 300)")
@@ -184,6 +209,14 @@ def _main_send(argv) -> int:
     args = parser.parse_args(argv)
     if (args.tolerance is not None or args.max_steps is not None) and args.n_steps != "auto":
         parser.error("--tolerance and --max-steps go with --n-steps auto")
+    from ..answer.keys import SENDABLE_NAMES
+
+    unknown = [name for name in args.outputs or () if name not in SENDABLE_NAMES]
+    if unknown or args.outputs == []:
+        parser.error(f"--outputs: unknown answer key(s) {', '.join(map(repr, unknown)) or 'none given'}; outputs may "
+                     f"name {', '.join(SENDABLE_NAMES)}")
+    if args.outputs:   # what the client reads to check an answer and write its index record
+        args.outputs += [name for name in CLIENT_READS if name not in args.outputs]
     urls = [url.strip() for value in args.url for url in value.split(",") if url.strip()]
     # every answer is inflated and loaded to be checked: reuse the last one's memory instead of faulting in fresh
     # pages (a third of the check's CPU at 48.8 MB); the heap stays at the largest answers' size
@@ -203,7 +236,8 @@ def _main_send(argv) -> int:
     try:
         report = client.run(sentences, args.output, target=args.target, n_steps=args.n_steps, method=args.method,
                             baseline=args.baseline, precision=args.precision, tolerance=args.tolerance,
-                            max_steps=args.max_steps, concurrency=args.concurrency,
+                            max_steps=args.max_steps, dtype=args.dtype, outputs=args.outputs,
+                            concurrency=args.concurrency,
                             progress=not args.no_progress, overwrite=args.overwrite)
     except RunAborted as error:
         print(f"intgrads-client: {error}", file=sys.stderr)

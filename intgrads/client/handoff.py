@@ -21,6 +21,7 @@ returned, so that the index is built from the file itself.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -32,7 +33,7 @@ from urllib.parse import urlsplit
 
 from ..answer.checks import decode_checked
 from ..system import listener_uid
-from .index import write_atomically
+from .index import file_mode, write_atomically
 
 HANDOFF_NAME = re.compile(r"^[0-9a-f]{32}\.gzip$")
 CLOCK_SLACK = 2.0        # seconds: file times are coarser than the clock
@@ -190,3 +191,6 @@ def _move(path: Path, destination: Path, data: bytes):
             raise
         write_atomically(destination, data)
         path.unlink(missing_ok=True)
+        return
+    with contextlib.suppress(OSError):   # the server wrote it private to its user: now an answer like any other
+        os.chmod(destination, file_mode())

@@ -32,6 +32,14 @@ class OutputConflict(OutputBusy):
 OWN_TEMPORARY = re.compile(r"^(\d{6,}\.gzip|index\.jsonl)\.tmp$")
 
 
+def file_mode() -> int:
+    """The mode of the files a run writes: what this user's umask gives a new file (0644 under umask 022), the
+    same for an answer written here, taken from a server on this machine, or written by a batch worker."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def write_atomically(path: Path, data: bytes) -> None:
     temporary = path.with_name(path.name + ".tmp")
     try:

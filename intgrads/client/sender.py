@@ -37,6 +37,7 @@ from .intake import (DEFAULT_MAX_ANSWER_BYTES, MAX_SMALL_BODY, AnswerRefused, Re
                      index_fields, pointer_of, read_capped, rebuilt, retry_after, short)
 
 OPTION_KEYS = ("target", "n_steps", "method", "baseline", "precision", "tolerance", "max_steps")
+ANSWER_KEYS = ("dtype", "outputs")   # how the answer is sent: its float tensors' dtype, the keys it keeps
 FATAL_STATUSES = (401, 403, 404)
 # TorchServe refuses a missing or wrong key with 400 {"type": "InvalidKeyException", "message": TOKEN_REFUSED...}
 TOKEN_REFUSED = "Token Authorization failed"
@@ -110,10 +111,12 @@ class RunAborted(ClientError):
 
 
 def _request_options(target=None, n_steps=None, method=None, baseline=None, precision=None, tolerance=None,
-                     max_steps=None) -> dict:
-    """The options the caller set (None: the server's default), in OPTION_KEYS order. ``n_steps`` may be "auto",
-    with ``tolerance`` and ``max_steps``."""
-    given = dict(zip(OPTION_KEYS, (target, n_steps, method, baseline, precision, tolerance, max_steps)))
+                     max_steps=None, dtype=None, outputs=None) -> dict:
+    """The options the caller set (None: the server's default), in OPTION_KEYS then ANSWER_KEYS order. ``n_steps``
+    may be "auto", with ``tolerance`` and ``max_steps``; ``dtype`` and ``outputs`` (a list of answer keys) shape the
+    answer as the batch job's flags do."""
+    given = dict(zip(OPTION_KEYS + ANSWER_KEYS, (target, n_steps, method, baseline, precision, tolerance, max_steps,
+                                                 dtype, list(outputs) if outputs is not None else None)))
     return {name: value for name, value in given.items() if value is not None}
 
 
@@ -170,9 +173,9 @@ class Client:
     # -- one sentence ---------------------------------------------------------------------------------------
 
     def fetch(self, sentence: str, *, target=None, n_steps=None, method=None, baseline=None, precision=None,
-              tolerance=None, max_steps=None) -> bytes:
+              tolerance=None, max_steps=None, dtype=None, outputs=None) -> bytes:
         """The server's gzip answer for ``sentence``: the bytes it sent (decode with ``intgrads.decode_answer``)."""
-        options = _request_options(target, n_steps, method, baseline, precision, tolerance, max_steps)
+        options = _request_options(target, n_steps, method, baseline, precision, tolerance, max_steps, dtype, outputs)
         return self._post(sentence, options, binary=True).body
 
     def attribute(self, sentence: str, **options) -> dict:
@@ -189,7 +192,8 @@ class Client:
     # -- many sentences -------------------------------------------------------------------------------------
 
     def run(self, sentences: Iterable, output, *, target=None, n_steps=None, method=None, baseline=None,
-            precision=None, tolerance=None, max_steps=None, concurrency: int = 4, progress: bool = True,
+            precision=None, tolerance=None, max_steps=None, dtype=None, outputs=None, concurrency: int = 4,
+            progress: bool = True,
             overwrite: bool = False) -> RunReport:
         """Send ``sentences`` (strings, numbered from 1, or ``(line, sentence)`` pairs) with ``concurrency``
         requests in flight, writing the answers and ``index.jsonl`` into ``output``; see the module docstring.
@@ -199,7 +203,7 @@ class Client:
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1; got {concurrency}")
         items = _numbered(sentences)
-        options = _request_options(target, n_steps, method, baseline, precision, tolerance, max_steps)
+        options = _request_options(target, n_steps, method, baseline, precision, tolerance, max_steps, dtype, outputs)
         with open_output(output, items, options, overwrite=overwrite) as run:
             report = RunReport(output=run.output, total=len(items), skipped=len(items) - len(run.todo))
             start = time.monotonic()
@@ -348,6 +352,7 @@ class Client:
         wanted = self.rebuild == "always" or (self.rebuild == "remote" and not on_this_machine(url))
         steps = payload.get("n_steps")
         wanted = wanted and not (isinstance(steps, int) and steps > MAX_REBUILD_STEPS)   # whole answers then
+        wanted = wanted and "outputs" not in payload and "dtype" not in payload   # the keys and dtype asked for
         with self._url_lock:
             compact = compact and wanted and url not in self._no_compact
         return dict(headers), ({**payload, "outputs": list(COMPACT_OUTPUTS)} if compact else payload), False

@@ -275,9 +275,10 @@ def resolve_hub_tokenizer(spec: ModelSpec, name: str, directory: Path):
     tokenizer.save_pretrained(str(directory))
 
 
-def validate_model(spec: ModelSpec, tokenizer_source: Path | None, target=None) -> dict:
+def validate_model(spec: ModelSpec, tokenizer_source: Path | None, target=None, say=None) -> dict:
     """Load the model once here, so that a wrong file, config or tokenizer is reported before TorchServe starts;
-    returns what the request checks need of it: ``num_labels`` and ``max_positions``."""
+    returns what the request checks need of it: ``num_labels`` and ``max_positions``. ``say``: how the command
+    reports the check (default: the launcher's ``intgrads:`` line on stdout)."""
     from transformers.utils import logging as hf_logging
 
     from ..engine.models import load_model
@@ -294,8 +295,12 @@ def validate_model(spec: ModelSpec, tokenizer_source: Path | None, target=None) 
     if isinstance(target, int) and target >= bundle.num_labels:
         raise LaunchError(f"--target {target}: the {spec.key} model has {bundle.num_labels} labels "
                           f"(0..{bundle.num_labels - 1}); give one of them or 'predicted'", code=2)
-    print(f"intgrads: checked {spec.name}: {bundle.family} ({bundle.layout} layout), {bundle.num_labels} labels, "
-          f"layer {bundle.layer_name} ({time.time() - started:.1f} s)", flush=True)
+    text = (f"checked {spec.name}: {bundle.family} ({bundle.layout} layout), {bundle.num_labels} labels, "
+            f"layer {bundle.layer_name} ({time.time() - started:.1f} s)")
+    if say is None:
+        print(f"intgrads: {text}", flush=True)
+    else:
+        say(text)
     facts = {"num_labels": bundle.num_labels, "max_positions": bundle.max_positions}
     del bundle
     return facts

@@ -62,8 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def model_flags(models):
-    """The model flags (also the batch job's): -bp, -xlb, -xll, --hf-model, --demo, --tokenizer, --config, --model-name."""
+def model_flags(models, server: bool = True):
+    """The model flags (also the batch job's, ``server=False``): -bp, -xlb, -xll, --hf-model, --demo, --tokenizer,
+    --config, --model-name."""
     models.add_argument("-bp", "--bert-path", metavar="PTH", help="state-dict .pth of a BERT sentiment classifier")
     models.add_argument("-xlb", "--xlnet-base-path", metavar="PTH", help="state-dict .pth of an XLNet-base classifier")
     models.add_argument("-xll", "--xlnet-large-path", metavar="PTH", help="state-dict .pth of an XLNet-large classifier")
@@ -76,7 +77,9 @@ def model_flags(models):
     models.add_argument("--config", action="append", default=[], metavar="[KEY=]PATH",
                         help="config.json (or a directory holding one) for a .pth whose shape is not the family's")
     models.add_argument("--model-name", action="append", default=[], metavar="[KEY=]NAME",
-                        help="name in the URL /predictions/NAME (default: bert, xlnet-base, xlnet-large, hf, demo)")
+                        help=("name in the URL /predictions/NAME" if server else "the model's name (where its "
+                              "built tokenizer is kept in the model store)")
+                        + " (default: bert, xlnet-base, xlnet-large, hf, demo)")
 
 
 def where_flags(device):

@@ -84,11 +84,12 @@ def test_a_folder_of_answers_made_with_other_options_is_refused_before_any_work(
     record = {"line": 1, "sentence": "a fine film", "file": "000001.gzip", "options": {"n_steps": 20,
                                                                                       "target": "predicted"}}
     (output / "index.jsonl").write_text(json.dumps(record) + "\n", encoding="utf-8")
-    code = main(["--hf-model", str(hf_files.weights), str(source), "-o", str(output), "--no-progress",
+    code = main(["--hf-model", str(hf_files.weights), str(source), "-o", str(output),
                  "--model-store", str(tmp_path / "store"), "--n-steps", "10"])
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert code == 2, err
-    assert "intgrads-batch: " in err and "1 answer(s) made with other options" in err
+    assert out == "" and "intgrads:" not in err     # its messages on stderr, under its own name
+    assert "intgrads-batch: checked hf: " in err and "1 answer(s) made with other options" in err
     assert "n_steps: 20 there, 10 now; target: predicted there, the default now" in err
     assert "--overwrite" in err and "another folder with -o" in err
     assert (output / "000001.gzip").read_bytes() == b"an earlier answer"

@@ -107,6 +107,7 @@ class StubServer:
                 try:
                     body = json.loads(raw)
                     sentence = body.pop("sequence")
+                    shape = {key: body.pop(key) for key in ("outputs", "dtype") if key in body}   # how it is sent
                 except (ValueError, KeyError):
                     return self._error(400, "the body must be JSON with a sequence")
                 with stub.lock:
@@ -128,7 +129,7 @@ class StubServer:
                 if "application/json" in (self.headers.get("Accept") or ""):
                     return self._send(200, json.dumps(intgrads.summarize_answer(answer)).encode(),
                                       "application/json")
-                payload = intgrads.encode_answer(answer)
+                payload = intgrads.encode_answer(answer, **shape)
                 with stub.lock:
                     stub.sent[sentence] = payload
                 self._send(200, payload, "application/gzip")

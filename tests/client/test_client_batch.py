@@ -351,3 +351,39 @@ def test_input_that_is_not_utf8_is_named_with_what_to_do(tmp_path, capsys, encod
     assert main([str(source), "--url", "http://127.0.0.1:9/predictions/x", "-o", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert str(source) in err and "is not UTF-8 text" in err and hint in err and "usage:" not in err
+
+
+def test_the_commands_agree_on_flags_help_and_messages(stub, tmp_path, capsys):
+    """--outputs and --dtype on the client as on the batch job (sent, kept in the index's options, honoured);
+    help texts show the defaults a request gets and the render command; the batch job's help speaks of no server."""
+    from intgrads.batch.cli import build_parser
+    from intgrads.client.cli import DEFAULTS, _send_parser
+    from intgrads.serving.request import DEFAULT_OPTIONS
+
+    assert DEFAULTS == {key: DEFAULT_OPTIONS[key] for key in DEFAULTS}
+    client_help = _send_parser().format_help()
+    assert "intgrads-client render ANSWER.gzip" in client_help.split("\n\n")[0]          # the usage lines
+    for text in ("(default 1, or the server's own)", "quadrature steps (default 50, or the server's own)",
+                 "--outputs NAMES", "--dtype {float32,float16}", "--overwrite"):
+        assert text in " ".join(client_help.split()), text
+    batch_help = " ".join(build_parser().format_help().split())
+    assert "/predictions/NAME" not in batch_help and "the server's defaults" not in batch_help
+    assert "(default 1)" in batch_help and "--outputs NAMES" in batch_help and "--overwrite" in batch_help
+
+    source = write_lines(tmp_path / "in.txt", ["a wonderful, moving film"])
+    args = [str(source), "-o", str(tmp_path / "out"), "-u", stub.url, "--n-steps", "4", "--no-progress",
+            "--outputs", "integrated_gradients,tokens", "--dtype", "float16"]
+    assert main(args) == 0
+    (record,) = index_lines(tmp_path / "out")
+    assert record["options"] == {"n_steps": 4, "dtype": "float16",
+                                 "outputs": ["integrated_gradients", "tokens", "token_attributions", "logits"]}
+    answer = intgrads.load_answer(tmp_path / "out" / record["file"])
+    assert answer["integrated_gradients"].dtype == torch.float16 and "intermediates" not in answer
+    mode = (tmp_path / "out" / record["file"]).stat().st_mode & 0o777
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask             # as a batch worker's file and a server's taken over (file_mode)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as usage:
+        main(args[:7] + ["--outputs", "integrated_gradients,gradients"])
+    assert usage.value.code == 2 and "--outputs: unknown answer key(s) 'gradients'" in capsys.readouterr().err
