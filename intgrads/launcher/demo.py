@@ -160,7 +160,9 @@ def demo_model(device: str = "cpu", cache=None):
     minute, offline) into this user's cache (:func:`demo_cache`, or ``cache``) and loaded from there after."""
     from ..engine.models import load_model
 
-    return load_model("hf", ensure_demo_model(Path(cache) if cache else demo_cache()), device=device)
+    folder = ensure_demo_model(Path(cache) if cache else demo_cache())
+    with _quiet_transformers():
+        return load_model("hf", folder, device=device)
 
 
 @contextlib.contextmanager

@@ -1,5 +1,6 @@
 """The numbers a picture shows: tokens, their attributions, the attribution accumulated along the path
-(see the package docstring for the formula), the caption, and the diverging colour scale."""
+(see the package docstring for the formula), the caption, the answer's warnings, the attributed class, IDGI when
+present, and the colours: a colour-blind-safe diverging scale in logit units, a fixed colour per word."""
 
 from __future__ import annotations
 
@@ -8,11 +9,20 @@ from pathlib import Path
 
 import numpy as np
 
-NEGATIVE = (0xD7, 0x30, 0x27)   # red
-MIDDLE = (0xF7, 0xF7, 0xF7)     # white
-POSITIVE = (0x1A, 0x98, 0x50)   # green
-TOP_COLOURS = ("#1f77b4", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f",
-               "#2ca02c", "#d62728")
+# ColorBrewer's PuOr ends (colour-blind safe): orange for what pushes the target's logit down, purple for up.
+NEGATIVE = (0xE6, 0x61, 0x01)   # orange
+MIDDLE = (0xF7, 0xF7, 0xF7)     # near white
+POSITIVE = (0x5E, 0x3C, 0x99)   # purple
+# Okabe and Ito's colour-blind-safe palette (less black, kept for text): a token's line colour comes from its
+# text (:func:`token_colour`), so one word has one colour in every picture; unnamed lines are light grey.
+TOKEN_COLOURS = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442")
+UNNAMED = "#c8c8c8"
+# The colour scale is never narrower than this many logit units: a sentence whose attributions add up to almost
+# nothing (F(x) - F(b) near 0) is drawn pale, not saturated.
+MIN_SCALE = 1.0
+WARNING_FILL, WARNING_EDGE = "#fff3cd", "#b45f06"
+IDGI_TITLE = ("IDGI per token: each step's change of F shared by g², summing to F(last point) − F(first); where F "
+              "rises at every step, every value is ≥ 0 by construction")
 
 
 @dataclass(repr=False)
@@ -28,6 +38,10 @@ class Picture:
     accumulated: np.ndarray      # (n_steps, seq): A_t(alpha_k)
     caption: str
     path: Path | None = None
+    warnings: list = field(default_factory=list)   # the answer's warnings, shown in a band above everything
+    difference: float | None = None   # F(x) - F(b) = sum(token_attributions) - convergence_delta
+    target_text: str = ""        # what is attributed: the class, its name, whether it is the predicted one
+    idgi: np.ndarray | None = None   # (seq,) idgi_token_attributions, when the answer has them
     _png: bytes | None = field(default=None, compare=False)
 
     def __repr__(self) -> str:
@@ -146,6 +160,29 @@ def caption_parts(answer) -> dict:
     }
 
 
+def logit_difference(answer) -> float | None:
+    """F(x) - F(b) of the target's logit: sum(IG) - convergence_delta (completeness: the exact integral's sum)."""
+    delta = answer.get("convergence_delta")
+    if delta is None:
+        return None
+    return float(_array(answer["token_attributions"]).sum()) - float(delta)
+
+
+def target_text(answer) -> str:
+    """The attributed class in words: ``'positive' (class 1), the predicted class``, or ``..., not the predicted
+    class 'negative' (p = 0.91)``."""
+    facts = caption_parts(answer)
+    labels = list(answer.get("label_names") or [])
+    target = facts["target"]
+    if not isinstance(target, int):
+        return "the predicted class"
+    name = f"{labels[target]!r} (class {target})" if target < len(labels) else f"class {target}"
+    if target == facts["predicted"]:
+        return f"{name}, the predicted class"
+    return (f"{name}, not the predicted class {facts['label']!r} (p = {facts['probability']:.2f}); "
+            f"p({name.split(' (')[0]}) = {facts['target_probability']:.2f}")
+
+
 def caption_text(answer) -> str:
     facts = caption_parts(answer)
     label = facts["label"]
@@ -157,7 +194,9 @@ def caption_text(answer) -> str:
             target += f" (p = {facts['target_probability']:.3f})"
         parts.append(target)
     if facts["convergence_delta"] is not None:
-        parts.append(f"convergence delta: {float(facts['convergence_delta']):.2e}")
+        delta, difference = float(facts["convergence_delta"]), logit_difference(answer)
+        share = f" ({abs(delta) / abs(difference):.0%} of |F(x) − F(b)|)" if difference else ""
+        parts.append(f"convergence delta: {delta:.2e}{share}")
     settings = ", ".join(str(value) for value in (facts["method"], facts["n_steps"] and f"{facts['n_steps']} steps",
                                                   facts["baseline"] and f"baseline {facts['baseline']}") if value)
     if settings:
@@ -186,11 +225,30 @@ def display_tokens(tokens) -> list[tuple[str, bool]]:
 
 
 def diverging_rgb(value: float, scale: float) -> tuple[int, int, int]:
-    """Red (negative) - white (0) - green (positive), linear in ``value / scale`` clipped to [-1, 1]."""
+    """Orange (negative) - near white (0) - purple (positive), linear in ``value / scale`` clipped to [-1, 1]."""
     t = 0.0 if scale <= 0 else max(-1.0, min(1.0, value / scale))
     end = POSITIVE if t > 0 else NEGATIVE
     t = abs(t)
     return tuple(int(round(m + (e - m) * t)) for m, e in zip(MIDDLE, end))
+
+
+TOKEN_MARKERS = ("o", "s", "^", "D", "v")
+
+
+def _token_hash(text: str) -> int:
+    import zlib
+
+    return zlib.crc32(text.lower().encode("utf-8"))
+
+
+def token_colour(text: str) -> str:
+    """A token's line colour, from its text alone: the same word has the same colour in every picture."""
+    return TOKEN_COLOURS[_token_hash(text) % len(TOKEN_COLOURS)]
+
+
+def token_marker(text: str) -> str:
+    """A token's marker, from its text alone: with the colour, 35 looks that tell most words of a picture apart."""
+    return TOKEN_MARKERS[_token_hash(text) // len(TOKEN_COLOURS) % len(TOKEN_MARKERS)]
 
 
 def text_colour(rgb) -> str:
@@ -198,9 +256,14 @@ def text_colour(rgb) -> str:
     return "#ffffff" if luminance < 0.45 else "#111111"
 
 
-def colour_scale(attributions: np.ndarray) -> float:
-    scale = float(np.max(np.abs(attributions))) if attributions.size else 0.0
-    return scale if scale > 0 else 1.0
+def colour_scale(attributions: np.ndarray, difference: float | None = None) -> float:
+    """The attribution (logit units) drawn at full colour: the largest of max|attribution|, |F(x) - F(b)| and
+    MIN_SCALE. A token's colour so says how much of the target's logit change it carries, and a sentence whose
+    attributions add up to almost nothing looks pale."""
+    largest = float(np.max(np.abs(attributions))) if attributions.size else 0.0
+    candidates = [largest, MIN_SCALE] + ([abs(difference)] if difference is not None and
+                                         np.isfinite(difference) else [])
+    return max(candidates)
 
 
 def top_tokens(attributions: np.ndarray, top: int) -> list[int]:
@@ -212,6 +275,9 @@ def picture_data(answer) -> Picture:
     """The numbers a picture of ``answer`` shows (see :class:`Picture`)."""
     answer = _one_answer(answer)
     alphas, accumulated = accumulated_attributions(answer)
+    idgi = answer.get("idgi_token_attributions")
     return Picture(tokens=[str(token) for token in answer["tokens"]],
                    attributions=_array(answer["token_attributions"]).reshape(-1),
-                   alphas=alphas, accumulated=accumulated, caption=caption_text(answer))
+                   alphas=alphas, accumulated=accumulated, caption=caption_text(answer),
+                   warnings=[str(w) for w in answer.get("warnings") or []], difference=logit_difference(answer),
+                   target_text=target_text(answer), idgi=None if idgi is None else _array(idgi).reshape(-1))

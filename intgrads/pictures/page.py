@@ -6,8 +6,8 @@ import html
 import json
 import math
 
-from .data import (MIDDLE, NEGATIVE, POSITIVE, TOP_COLOURS, Picture, colour_scale, diverging_rgb, display_tokens,
-                   text_colour, top_tokens)
+from .data import (IDGI_TITLE, MIDDLE, NEGATIVE, POSITIVE, UNNAMED, WARNING_EDGE, WARNING_FILL, Picture, colour_scale,
+                   diverging_rgb, display_tokens, text_colour, token_colour, top_tokens)
 
 
 PAGE_CSS = """
@@ -31,6 +31,14 @@ table { border-collapse: collapse; font-size: 0.85em; }
 td, th { padding: 0.1em 0.8em; text-align: right; border-bottom: 1px solid #eee; }
 td:first-child, th:first-child { text-align: left; }
 details { margin-top: 1.2em; }
+.warnings { background: %(warn_fill)s; border: 2px solid %(warn_edge)s; color: #7a3e00; padding: 0.5em 0.8em;
+            margin: 0.4em 0 0.8em 0; border-radius: 4px; }
+.warnings ul { margin: 0.2em 0 0 1.2em; padding: 0; }
+.idgi { display: flex; align-items: flex-end; gap: 2px; height: 120px; border-bottom: 1px solid #999;
+        margin-top: 0.4em; }
+.idgi div { width: 1.6em; }
+.idgi-labels { display: flex; gap: 2px; font-size: 0.7em; }
+.idgi-labels span { width: 1.6em; overflow: hidden; text-align: center; }
 """
 
 
@@ -99,19 +107,43 @@ def _svg_panel(picture: Picture, named: list[int], colour_of: dict) -> str:
             out.append(f'<polyline id="token-{t}" points="{points}" fill="none" stroke="{colour_of[t]}" '
                        f'stroke-width="2"><title>{label}</title></polyline>')
         else:
-            out.append(f'<polyline id="token-{t}" points="{points}" fill="none" stroke="#b0b0b0" '
+            out.append(f'<polyline id="token-{t}" points="{points}" fill="none" stroke="{UNNAMED}" '
                        f'stroke-width="1"><title>{label}</title></polyline>')
     out.append("</svg>")
     return "\n".join(out)
 
 
+def _warning_band(warnings) -> str:
+    """The answer's warnings in a band above everything (empty when it has none)."""
+    if not warnings:
+        return ""
+    items = "".join(f"<li>{html.escape(warning)}</li>" for warning in warnings)
+    return (f'<div class="warnings" id="warnings" role="alert"><b>⚠ This answer has {len(warnings)} '
+            f"warning{'s' if len(warnings) > 1 else ''}: read the numbers with care</b><ul>{items}</ul></div>\n")
+
+
+def _idgi_block(picture: Picture, shown) -> str:
+    """IDGI per token as bars (when the answer has it); all >= 0 along a monotone path, by construction."""
+    if picture.idgi is None:
+        return ""
+    peak = float(abs(picture.idgi).max()) or 1.0   # bar height |value|; a negative value's bar is hatched
+    bars = "".join(f'<div title="{html.escape(text, quote=True)} [{t}]: {value:+.4g}" style="height:'
+                   f'{abs(value) / peak * 100:.1f}%;background:{token_colour(text)}'
+                   + (";background-image:repeating-linear-gradient(45deg,#fff 0 2px,transparent 2px 5px)"
+                      if value < 0 else "") + '"></div>'
+                   for t, ((text, _), value) in enumerate(zip(shown, picture.idgi)))
+    labels = "".join(f"<span>{html.escape(text)}</span>" for text, _ in shown)
+    return (f'<h2>{html.escape(IDGI_TITLE)}</h2>\n<div class="idgi" id="idgi">{bars}</div>'
+            f'<div class="idgi-labels">{labels}</div>\n')
+
+
 def html_page(picture: Picture, *, top: int = 8, title: str | None = None) -> str:
     """One self-contained HTML page (inline CSS and SVG; no script runs, nothing is fetched)."""
     attributions = picture.attributions
-    scale = colour_scale(attributions)
+    scale = colour_scale(attributions, picture.difference)
     named = top_tokens(attributions, top)
-    colour_of = {t: TOP_COLOURS[i % len(TOP_COLOURS)] for i, t in enumerate(named)}
     shown = display_tokens(picture.tokens)
+    colour_of = {t: token_colour(shown[t][0]) for t in named}
     spans = []
     for t, ((text, joins), value) in enumerate(zip(shown, attributions)):
         rgb = diverging_rgb(float(value), scale)
@@ -128,7 +160,11 @@ def html_page(picture: Picture, *, top: int = 8, title: str | None = None) -> st
     data = json.dumps({"tokens": picture.tokens, "token_attributions": attributions.tolist(),
                        "alphas": picture.alphas.tolist(), "accumulated": picture.accumulated.tolist()},
                       ensure_ascii=False).replace("</", "<\\/")
-    css = PAGE_CSS % {"neg": _rgb_css(NEGATIVE), "mid": _rgb_css(MIDDLE), "pos": _rgb_css(POSITIVE)}
+    css = PAGE_CSS % {"neg": _rgb_css(NEGATIVE), "mid": _rgb_css(MIDDLE), "pos": _rgb_css(POSITIVE),
+                      "warn_fill": WARNING_FILL, "warn_edge": WARNING_EDGE}
+    difference = picture.difference
+    share = f" ({scale / abs(difference):.0%} of |F(x) − F(b)|)" if difference else ""
+    total = f"F(x) − F(b) = {difference:+.3g}; " if difference is not None else ""
     heading = html.escape(title or "Integrated gradients per token")
     return f"""<!DOCTYPE html>
 <html lang="en">
@@ -139,17 +175,18 @@ def html_page(picture: Picture, *, top: int = 8, title: str | None = None) -> st
 </head>
 <body>
 <h1>{heading}</h1>
-<div class="caption">{html.escape(picture.caption)}</div>
+{_warning_band(picture.warnings)}<div class="caption">{html.escape(picture.caption)}</div>
+<div class="caption" id="target">attributed: {html.escape(picture.target_text)}</div>
 <div class="tokens">{"".join(spans)}</div>
-<div class="scale"><span>{-scale:.3g}</span><span class="bar"></span><span>{scale:.3g}</span>
-<span>attribution (summed over hidden): red negative, green positive</span></div>
+<div class="scale"><span>{-scale:.3g}</span><span class="bar"></span><span>{scale:.3g}{share}</span>
+<span>attribution to the target's logit (summed over hidden; {total}orange lowers it, purple raises it)</span></div>
 <h2>Attribution accumulated along the path:
 Σ<sub>j≤k</sub> w<sub>j</sub> · g<sub>j</sub> · (x − b), summed over hidden</h2>
 <div class="panel">
 {_svg_panel(picture, named, colour_of)}
 <div class="legend"><b>largest |attribution|</b><br>{legend}</div>
 </div>
-<details><summary>All tokens</summary>
+{_idgi_block(picture, shown)}<details><summary>All tokens</summary>
 <table><tr><th>#</th><th>token</th><th>attribution</th></tr>
 {rows}
 </table></details>

@@ -150,3 +150,64 @@ def test_auto_answer_picture_marks_its_points_and_shows_itself_in_a_notebook(bun
     page = render_answer(answer, tmp_path / "auto.html")
     assert (tmp_path / "auto.html").read_text(encoding="utf-8").count('class="path-points"') == 1
     assert len(page.alphas) == answer["n_steps"]
+
+
+def _deuteranopia(rgb) -> np.ndarray:
+    """Machado, Oliveira and Fernandes (2009), deuteranopia at severity 1, on linear RGB."""
+    matrix = np.array([[0.367322, 0.860646, -0.227968], [0.280085, 0.672501, 0.047413],
+                       [-0.011820, 0.042940, 0.968881]])
+    linear = (np.array(rgb) / 255.0) ** 2.2
+    return np.clip(matrix @ linear, 0, 1) ** (1 / 2.2)
+
+
+def test_a_warned_answer_shows_its_warnings_class_and_idgi_and_colours_mean_the_same_everywhere(bundle, tmp_path):
+    """The warnings in a band (PNG and HTML), the attributed class named and whether it is the predicted one, IDGI
+    drawn when present, a word's line colour from the word alone, and a diverging map whose ends a deuteranope
+    still tells apart (red and green do not)."""
+    from intgrads.pictures import diverging_rgb
+    from intgrads.pictures.data import MIN_SCALE, NEGATIVE, POSITIVE, colour_scale, token_colour
+
+    from intgrads.engine.diagnostics import answer_warnings
+
+    warned = intgrads.attribute(bundle, SENTENCE, n_steps=2, method="riemann_left", target=0, idgi=True)
+    if not warned["warnings"]:   # the tiny model is nearly linear: give the answer the engine's own warning
+        warned["warnings"] = answer_warnings(delta=0.5, f_input=1.0, f_baseline=0.2, step_maxima=[1, 1],
+                                             alphas=[0, 0.5], n_steps=2, finite=True, full_length=5, max_tokens=9,
+                                             method="riemann_left")
+    figure = make_figure(warned)
+    band = [artist for artist in figure.artists if artist.get_gid() == "warnings"]
+    texts = " ".join(text.get_text() for text in figure.texts)
+    assert len(band) == 1 and "the integral did not converge" in texts
+    predicted = intgrads.summarize_answer(warned)["predicted"]
+    texts = " ".join(texts.split())
+    named = "(class 0), the predicted class" if predicted == 0 else "(class 0), not the predicted class"
+    assert "attributed: 'LABEL_0' " + named in texts, texts
+    bars = [patch for ax in figure.axes for patch in ax.patches if patch.get_gid() == "idgi"]
+    heights = [bar.get_height() for bar in bars]
+    np.testing.assert_allclose(heights, warned["idgi_token_attributions"].double().numpy(), rtol=1e-6)
+    page = render_answer(warned, tmp_path / "warned.html") and (tmp_path / "warned.html").read_text(encoding="utf-8")
+    assert 'id="warnings" role="alert"' in page and "the integral did not converge" in page
+    assert 'id="idgi"' in page and 'id="target"' in page
+
+    confident = intgrads.attribute(bundle, SENTENCE, n_steps=16)
+    assert not confident["warnings"]
+    figure = make_figure(confident)
+    assert not [artist for artist in figure.artists if artist.get_gid() == "warnings"]
+    assert 'id="warnings"' not in render_answer(confident, tmp_path / "ok.html").path.read_text(encoding="utf-8")
+
+    # one word, one colour: "film" at another rank in another sentence keeps its line colour
+    other = intgrads.attribute(bundle, "film", n_steps=4)
+    colours = []
+    for answer in (confident, other):
+        lines = {line.get_gid(): line for ax in make_figure(answer, top=20).axes for line in ax.get_lines()}
+        colours.append(lines[f"token-{answer['tokens'].index('film')}"].get_color())
+    assert colours[0] == colours[1] == token_colour("film")
+
+    # the scale is in logit units, never narrower than MIN_SCALE nor |F(x) - F(b)|: weak attributions look pale
+    assert colour_scale(np.array([0.01, -0.02]), 0.01) == MIN_SCALE
+    assert colour_scale(np.array([0.5, 2.0]), -3.0) == 3.0
+    pale = diverging_rgb(-0.02, colour_scale(np.array([0.01, -0.02]), 0.01))
+    assert min(pale) > 235
+    ends = np.linalg.norm(_deuteranopia(NEGATIVE) - _deuteranopia(POSITIVE))
+    red_green = np.linalg.norm(_deuteranopia((0xD7, 0x30, 0x27)) - _deuteranopia((0x1A, 0x98, 0x50)))
+    assert ends > 0.5 and ends > 1.5 * red_green, (ends, red_green)
