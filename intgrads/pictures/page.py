@@ -36,9 +36,9 @@ details { margin-top: 1.2em; }
 .warnings ul { margin: 0.2em 0 0 1.2em; padding: 0; }
 .idgi { display: flex; align-items: flex-end; gap: 2px; height: 120px; border-bottom: 1px solid #999;
         margin-top: 0.4em; }
-.idgi div { width: 1.6em; }
+.idgi div { width: 2.6em; }
 .idgi-labels { display: flex; gap: 2px; font-size: 0.7em; }
-.idgi-labels span { width: 1.6em; overflow: hidden; text-align: center; }
+.idgi-labels span { width: 2.6em; overflow: hidden; text-align: center; }
 """
 
 
