@@ -1,13 +1,15 @@
-"""The README's commands, run as written.
+"""The README's commands and the guides', run as written.
 
-Every ```bash and ```python block of README.md is run in order from the project root against the real
-server the first block starts (``./scripts/intgrads.sh --demo``, port 8888): the curl and the old tool's
-loading snippet, the JSON route, the scaling calls, the engine snippet, the batch client and the picture.
-``./scripts/test.sh`` is the command running this test, so it is left to CI; the Ray Serve block (port 8898) is
-run by tests/serve/test_ray_frontend.py against the Ray cluster its first command starts, and the batch job's
-command (``--batch``) by tests/batch/test_batch_local.py. The ```text block of
-usage forms (paths to the user's own files) is checked against the launcher's argument parser, and the
-flags block against ``--help``. The stop command of the README ends the run.
+Every ```bash and ```python block of README.md and of the guides in ``PAGES`` (docs/serving.md, …) is run in
+order from the project root against the real server the README's first block starts (``./scripts/intgrads.sh
+--demo``, port 8888): the curl and the old tool's loading snippet, the Python API, the JSON route, the scaling
+calls, the engine snippet, the batch client and the picture. ``./scripts/test.sh`` is the command running this
+test, so it is left to CI; the Ray Serve block (port 8898, docs/clusters.md) is run by
+tests/serve/test_ray_frontend.py against the Ray cluster its first command starts, and the batch job's command
+(``--batch``, docs/batch.md) by tests/batch/test_batch_local.py. The ```text block of usage forms (paths to the
+user's own files) is checked against the launcher's argument parser, and the flags block against ``--help``.
+The README's command that serves the documentation site is run and asked for its first page. The stop command
+of the README ends the run.
 """
 
 from __future__ import annotations
@@ -27,8 +29,11 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+# The pages whose command blocks run, in this order (the README's first block starts the server).
+PAGES = (README, *(ROOT / "docs" / name for name in ("serving.md", "python-api.md", "client.md", "pictures.md",
+                                                    "batch.md", "clusters.md")))
 PORTS = (8888, 8889, 8890)
-MADE = ("saved_file.gzip", "sentences.txt", "answers", "attribution.png", "kserve-layout")
+MADE = ("saved_file.gzip", "sentences.txt", "answers", "attribution.png", "answer.png", "kserve-layout")
 STOP = "./scripts/intgrads.sh --stop"
 RAY_PORT = "8898"   # the Ray Serve block's commands: run by tests/serve/test_ray_frontend.py
 BATCH_FLAG = "--batch"   # the batch job's commands: run by tests/batch/test_batch_local.py
@@ -46,8 +51,10 @@ def batch_commands() -> list[str]:
             for command in shell_commands(text) if BATCH_FLAG in command.split()]
 
 
-def readme_blocks() -> list[tuple[str, str]]:
-    return re.findall(r"^```(\w*)\n(.*?)^```", README.read_text(), flags=re.S | re.M)
+def readme_blocks(pages=PAGES) -> list[tuple[str, str]]:
+    """``(language, text)`` of every fenced block of ``pages``, in order."""
+    return [block for page in pages
+            for block in re.findall(r"^```(\w*)\n(.*?)^```", page.read_text(encoding="utf-8"), flags=re.S | re.M)]
 
 
 def shell_commands(text: str) -> list[str]:
@@ -100,8 +107,9 @@ def test_readme_commands_run_as_written(readme_server):
                 if command.startswith("./scripts/test.sh") or RAY_PORT in command or BATCH_FLAG in command.split():
                     continue  # this very suite, which CI runs; the Ray block and the batch job, run elsewhere
                 outputs.append((command, run(command).stdout))
-        elif language == "python":
-            outputs.append(("python", run([sys.executable, "-c", python_source(text)]).stdout))
+        elif language == "python":   # intgrads.demo_model() finds the demo the server built in model_store/
+            outputs.append(("python", run([sys.executable, "-c", python_source(text)],
+                                          env={**os.environ, "INTGRADS_CACHE": str(ROOT / "model_store")}).stdout))
 
     answer = torch.load(_gunzip(ROOT / "saved_file.gzip"), weights_only=True)
     assert answer["intermediate_gradients"].shape[0] == 50 and answer["tokens"][0] == "[CLS]"
@@ -116,7 +124,9 @@ def test_readme_commands_run_as_written(readme_server):
     assert handed_file.stat().st_size == handed["bytes"] and intgrads_answer(handed_file)["tokens"][1] == "the"
     index = [json.loads(line) for line in (ROOT / "answers" / "index.jsonl").read_text().splitlines()]
     assert [record["label"] for record in index] == ["positive", "negative"]
-    assert (ROOT / "attribution.png").stat().st_size > 10_000
+    assert (ROOT / "attribution.png").stat().st_size > 10_000 and (ROOT / "answer.png").stat().st_size > 10_000
+    python_out = [out for command, out in outputs if command == "python"]
+    assert "'intermediate_gradients'" in python_out[0] and python_out[1].startswith("Answer(")   # snippet, API
     assert (ROOT / "kserve-layout" / "model-store" / "demo.mar").is_file()
     run(STOP)
     assert not port_busy(8888)
@@ -150,3 +160,35 @@ def test_readme_flags_match_help():
                                text=True, env={**os.environ, "COLUMNS": "110"}, timeout=120).stdout
     flags_block = next(text for language, text in readme_blocks() if text.startswith("usage: intgrads"))
     assert flags_block.strip() == help_text.strip()
+
+
+def test_readme_serves_the_documentation_site(tmp_path):
+    """The README's one command that serves the site (``mkdocs serve``), run from this environment's bin folder on
+    a free port: it answers the home page of the built site."""
+    import time
+    import urllib.request
+
+    (command,) = [line for language, text in readme_blocks((README,)) if language == "sh"
+                  for line in shell_commands(text) if "mkdocs serve" in line]
+    words = shlex.split(command)
+    assert words[0] == ".venv/bin/mkdocs" and words[1:] == ["serve"]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mkdocs = Path(sys.executable).parent / "mkdocs"
+    process = subprocess.Popen([str(mkdocs), "serve", "-a", f"127.0.0.1:{port}", "--no-livereload"], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                               env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    try:
+        deadline, page = time.monotonic() + 120, None
+        while page is None and time.monotonic() < deadline and process.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
+                    page = response.read().decode("utf-8")
+            except OSError:
+                time.sleep(0.3)
+        assert page is not None, process.stdout.read() if process.poll() is not None else "no answer in 120 s"
+        assert "<title>intgrads</title>" in page and "Integrated gradients" in page
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
