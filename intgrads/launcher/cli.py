@@ -144,7 +144,7 @@ def _limit_flags(limits):
                         help="largest request body accepted, in bytes (default 1 MB)")
     limits.add_argument("--max-work", type=float, default=None, metavar="G",
                         help="work budget per request, in G multiply-accumulates (sentences x tokens x steps x "
-                             "model size; see the README, Limits); over it: 413 before any work (default: what a worker "
+                             "model size; see docs/serving.md, Limits); over it: 413 before any work (default: what a worker "
                              "does in half its response timeout; 0: no limit)")
     limits.add_argument("--handoff-max-bytes", type=int, default=4 * 1024 ** 3, metavar="N",
                         help="on loopback, answers asked for as files (X-Intgrads-Handoff: file, as intgrads-client "
