@@ -43,15 +43,14 @@ def is_loopback(host: str | None) -> bool:
 
 
 def is_local(request: Request, trusted: tuple = ()) -> bool:
-    """The caller is on this machine: a loopback peer, and no forwarded caller behind it (``X-Forwarded-For`` is
-    the address a proxy of ``trusted`` saw, which the HTTP proxy has put in the peer's place)."""
+    """The caller is on this machine: a loopback peer that is not a named proxy, or, through a named proxy (the
+    HTTP proxy then puts the forwarded caller in the peer's place), a loopback caller behind it. Without a named
+    proxy, a request that says it was forwarded is not local."""
     host = request.client.host if request.client else None
-    forwarded = "x-forwarded-for" in request.headers
-    if not trusted:
-        return not forwarded and is_loopback(host)
-    if host in trusted and not forwarded:
-        return False   # a named proxy relays an unnamed caller
-    return is_loopback(host)
+    forwarded = request.headers.get("x-forwarded-for")
+    if forwarded is None:
+        return is_loopback(host) and host not in trusted
+    return bool(trusted) and is_loopback(host) and is_loopback(forwarded.split(",")[-1].strip())
 
 
 def check_key(request: Request, key: str | None, trusted: tuple = ()) -> None:
