@@ -20,7 +20,30 @@ LOCK_NAME = ".intgrads-client.lock"
 
 
 class OutputBusy(RuntimeError):
-    """Another client is writing into the same output directory."""
+    """Another client is writing into the same output directory (or it cannot be used: :class:`OutputRefused`)."""
+
+
+class OutputRefused(OutputBusy):
+    """The output directory cannot be used: a file, a folder that cannot be made or written, a symbolic link
+    whose target is missing or another user's."""
+
+
+def usable_output(output) -> Path:
+    """``output`` as the folder to write into: a symbolic link only to an existing folder of this user's (never
+    made through the link), made if missing; raises :class:`OutputRefused` with what is wrong."""
+    output = Path(output).expanduser().absolute()
+    if output.is_symlink():
+        target = output.resolve()
+        if not target.is_dir() or target.stat().st_uid != os.getuid():
+            raise OutputRefused(f"-o {output} is a symbolic link to {target}, which is not an existing folder of "
+                                "yours: give the folder itself")
+    elif output.exists() and not output.is_dir():
+        raise OutputRefused(f"-o {output} is a file, not a folder: give a folder (made if missing)")
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputRefused(f"cannot make the output folder {output}: {error.strerror or error}") from None
+    return output.resolve()
 
 
 # The temporaries a run writes (an answer file's, the index's): the only files of the output it may remove.
@@ -149,9 +172,11 @@ def open_output(output, items, options: dict, program: str = "intgrads-client"):
     """Lock ``output`` (made if missing), remove our leftovers, read the index and yield an :class:`OutputRun`
     whose ``todo`` holds the ``items`` (``(line, sentence)``) not done with ``options``; on the way out, even
     interrupted, the index is rewritten with one record per line and the lock removed."""
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
-    lock = lock_output(output, program)
+    output = usable_output(output)
+    try:
+        lock = lock_output(output, program)
+    except OSError as error:
+        raise OutputRefused(f"cannot write into the output folder {output}: {error.strerror or error}") from None
     try:
         remove_own_temporaries(output)
         index = output / INDEX_NAME
