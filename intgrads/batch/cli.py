@@ -17,7 +17,7 @@ import signal
 import sys
 
 from ..client.cli import input_flags, positive_int, read_input, request_flags
-from ..client.index import OutputBusy
+from ..client.index import OutputBusy, OutputRefused, usable_output
 from ..client.report import print_report
 from ..launcher.cli import check_engine_limits, engine_limit_flags, model_flags, where_flags
 from ..launcher.paths import LaunchError
@@ -123,6 +123,11 @@ def _main(args) -> int:
         raise LaunchError("--ray-token-file goes with --ray-address", code=2)
     if args.ray_timeout <= 0:
         raise LaunchError("--ray-timeout must be more than 0", code=2)
+    try:
+        usable_output(args.output)   # before the model is loaded: a wrong -o is said at once
+    except OutputRefused as error:
+        print(f"{PROGRAM}: {error}", file=sys.stderr)
+        return 2
     plan.check_device(args)
     sentences = read_input(args, PROGRAM)
     if not sentences:

@@ -47,11 +47,11 @@ RAY_SOCKET_SUFFIX_NO_DASHBOARD = 64
 MAX_RAY_FOLDER = SOCKET_PATH_BYTES - RAY_SOCKET_SUFFIX
 
 
-def short_private_folder(prefix: str) -> Path:
+def short_private_folder(prefix: str, room: int = 0) -> Path:
     """A new owner-only folder named ``prefix``..., in the temp folder, or in /tmp when the temp folder's
-    path would leave it too long for Ray's sockets."""
+    path would leave it (with ``room`` bytes more for what goes in it) too long for Ray's sockets."""
     base = tempfile.gettempdir()
-    if len(os.fsencode(os.path.join(base, prefix + "x" * 8))) > MAX_RAY_FOLDER:
+    if len(os.fsencode(os.path.join(base, prefix + "x" * 8))) + room > MAX_RAY_FOLDER:
         base = "/tmp"
     folder = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
     os.chmod(folder, 0o700)

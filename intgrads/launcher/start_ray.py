@@ -41,7 +41,7 @@ def ray_folder(paths: RunPaths) -> Path:
     folder = paths.run_dir / "ray" / RAY_TEMP
     if len(os.fsencode(folder)) <= ray_cluster.MAX_RAY_FOLDER:
         return folder
-    return ray_cluster.short_private_folder("intgrads-ray-") / RAY_TEMP
+    return ray_cluster.short_private_folder("intgrads-ray-", room=len("/" + RAY_TEMP)) / RAY_TEMP
 
 
 def _state(paths: RunPaths) -> dict:

@@ -24,7 +24,7 @@ REFERENCE = {"sequence": "the acting was wonderful but the plot was thin.", "n_s
 TALLY: "OrderedDict[str, list]" = OrderedDict()
 FIGURES: list = []   # lines printed under the table (latencies...)
 CATEGORIES = ("1 bad input", "2 load", "3 faults", "4 determinism", "5 security", "6 shared server",
-              "ray 1 slow uploads", "ray 2 queue", "ray 3 folder", "ray 4 stop", "ray 5 batch join",
+              "ray 1 slow uploads", "ray 2 queue", "ray 3 folder", "ray 4 stop", "ray 5 batch job",
               "ray 6 keys, hints")
 
 
