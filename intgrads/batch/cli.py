@@ -124,7 +124,7 @@ def _main(args) -> int:
     if args.ray_timeout <= 0:
         raise LaunchError("--ray-timeout must be more than 0", code=2)
     try:
-        usable_output(args.output)   # before the model is loaded: a wrong -o is said at once
+        usable_output(args.output, make=False)   # before the model is loaded: a wrong -o is said at once
     except OutputRefused as error:
         print(f"{PROGRAM}: {error}", file=sys.stderr)
         return 2

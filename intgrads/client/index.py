@@ -28,9 +28,10 @@ class OutputRefused(OutputBusy):
     whose target is missing or another user's."""
 
 
-def usable_output(output) -> Path:
+def usable_output(output, make: bool = True) -> Path:
     """``output`` as the folder to write into: a symbolic link only to an existing folder of this user's (never
-    made through the link), made if missing; raises :class:`OutputRefused` with what is wrong."""
+    made through the link), made if missing (``make=False``: only checked, nothing made); raises
+    :class:`OutputRefused` with what is wrong."""
     output = Path(output).expanduser().absolute()
     if output.is_symlink():
         target = output.resolve()
@@ -39,6 +40,11 @@ def usable_output(output) -> Path:
                                 "yours: give the folder itself")
     elif output.exists() and not output.is_dir():
         raise OutputRefused(f"-o {output} is a file, not a folder: give a folder (made if missing)")
+    if not make:
+        above = next(folder for folder in output.parents if folder.exists() or folder.is_symlink())
+        if not output.exists() and not above.is_dir():
+            raise OutputRefused(f"cannot make the output folder {output}: {above} is not a folder")
+        return output
     try:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -172,7 +178,8 @@ def open_output(output, items, options: dict, program: str = "intgrads-client"):
     """Lock ``output`` (made if missing), remove our leftovers, read the index and yield an :class:`OutputRun`
     whose ``todo`` holds the ``items`` (``(line, sentence)``) not done with ``options``; on the way out, even
     interrupted, the index is rewritten with one record per line and the lock removed."""
-    output = usable_output(output)
+    output = Path(output)
+    usable_output(output)
     try:
         lock = lock_output(output, program)
     except OSError as error:
