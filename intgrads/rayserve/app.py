@@ -4,9 +4,9 @@ One application per model (``model_app``, route ``/predictions/NAME``): a ``Mode
 ``.mar`` (the same archive TorchServe serves, so the same weights, settings and limits), and answers one request
 at a time, with torch's work in a thread so the replica's event loop stays free (it reads bodies and streams
 answers meanwhile). A request takes its turn only once its whole body has come (within ``body_seconds``, else
-408): a stalled upload costs a socket, not a turn. At most ``max_queued`` requests wait for their turn in a
-replica; past that one gets our JSON 503 with ``Retry-After`` at once (Ray's own per-caller queue bound is kept
-out of the way, so the bound is per replica, as the README says). One front (``front_app``, route ``/``) answers what no model route takes:
+408): a stalled upload costs a socket, not a turn; at most ``max_queued`` wait per replica, past that a JSON 503
+(``turns``; Ray's own queue bounds sit above it). One front (``front_app``, route ``/``) answers what no model
+route takes:
 ``POST /explanations/NAME`` (the JSON summary, through the model's deployment), ``GET /models/NAME`` (what the
 model is, its defaults and limits), ``GET /ping`` and ``GET /metrics``, and a 404 naming the model otherwise.
 """
@@ -20,7 +20,6 @@ import os
 import shutil
 import tempfile
 import threading
-import time
 import zipfile
 from pathlib import Path
 
@@ -28,12 +27,11 @@ import torch
 from ray import serve
 from starlette.requests import Request
 
-from ..serving.replies import error_reply
 from ..serving.service import AttributionService
-from ..serving.values import RequestError
 from ..system import OWNER_FILE, UNPACKED_PREFIX, sweep_orphans
 from . import http
 from .metrics import counters
+from .turns import Busy, Turns
 
 logger = logging.getLogger("ray.serve")
 DEFAULT_MAX_BODY = 1_048_576
@@ -60,36 +58,6 @@ def open_archive(archive: str) -> tuple[Path, dict]:
         packed.extractall(folder)
     with open(folder / "model-config.yaml", encoding="utf-8") as handle:
         return folder, yaml.safe_load(handle) or {}
-
-
-class Turns:
-    """One request's work at a time, at most ``max_queued`` waiting; the wait a refused one is told (Retry-After)
-    is the queue times the mean work time seen so far."""
-
-    def __init__(self, max_queued: int):
-        self.max_queued = int(max_queued)
-        self.lock = asyncio.Lock()
-        self.waiting = 0
-        self.mean_seconds = 1.0
-
-    async def run(self, work, *args):
-        if self.waiting >= self.max_queued and self.lock.locked():
-            wait = max(1, min(300, round((self.waiting + 1) * self.mean_seconds)))
-            return error_reply(RequestError(f"the server is busy: {self.waiting} requests wait for this replica "
-                                            f"(at most {self.max_queued}); send it again in about {wait} s",
-                                            status=503, retry_after=wait))
-        self.waiting += 1
-        try:
-            await self.lock.acquire()
-        finally:
-            self.waiting -= 1
-        try:
-            started = time.monotonic()
-            result = await asyncio.to_thread(work, *args)
-            self.mean_seconds = 0.8 * self.mean_seconds + 0.2 * (time.monotonic() - started)
-            return result
-        finally:
-            self.lock.release()
 
 
 @serve.deployment(max_ongoing_requests=500, max_queued_requests=-1, ray_actor_options={"num_cpus": 1})
@@ -132,8 +100,13 @@ class ModelServer:
         return http.response(reply)
 
     async def explain(self, incoming):
-        """The reply to a request whose body has come, in its turn (what the front asks for an explanation)."""
-        return await self.turns.run(self.answer, incoming)
+        """The reply to a request whose body has come, in its turn (what the front asks for an explanation), or
+        the 503 of a full queue (counted)."""
+        try:
+            return await self.turns.run(self.answer, incoming)
+        except Busy as busy:
+            self.counters.add.remote(self.name, busy.reply.status, busy.reply.counters)
+            return busy.reply
 
     def answer(self, incoming):
         """The service's reply, counted (also what the front asks for an explanation)."""

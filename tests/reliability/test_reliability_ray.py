@@ -6,6 +6,7 @@ it and against nothing. In order: stalled uploads, the queue bound, the keys, th
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -113,6 +114,13 @@ def test_the_queue_bound_is_per_replica_with_our_503(ray_reliability_server, tal
     assert case(first.headers.get("Content-Type", "").startswith("application/json")
                 and first.json()["status"] == 503 and "busy" in first.json()["error"]
                 and int(first.headers["Retry-After"]) >= 1), (first.headers, first.text)
+    counted = re.compile(r'^IntgradsRequests\{ModelName="demo",Status="503"\} 10(\.0)?$', re.M)
+    for _ in range(20):   # the 503s are counted (sent to the metrics actor without waiting)
+        metrics = requests.get(f"{server.base}/metrics", timeout=60).text
+        if counted.search(metrics):
+            break
+        time.sleep(0.5)
+    assert case(counted.search(metrics)), metrics[:1500]
     print(f"\n[ray] queue: {len(waited)} waited, {len(busy)} got 503 (Retry-After {first.headers['Retry-After']} s) "
           f"within {max(s for _, s in busy):.2f} s")
 
