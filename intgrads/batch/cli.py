@@ -12,11 +12,12 @@ with the server's messages). The output is the client's: ``NNNNNN.gzip`` per inp
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 
 from ..client.cli import input_flags, positive_int, read_input, request_flags
-from ..client.index import OutputBusy
+from ..client.index import OutputBusy, OutputRefused, usable_output
 from ..client.report import print_report
 from ..launcher.cli import check_engine_limits, engine_limit_flags, model_flags, where_flags
 from ..launcher.paths import LaunchError
@@ -69,6 +70,9 @@ def _worker_flags(workers):
                               "filesystem every node sees")
     workers.add_argument("--ray-token-file", metavar="FILE",
                          help="with --ray-address: the cluster's token file (default $RAY_AUTH_TOKEN_PATH)")
+    workers.add_argument("--ray-timeout", type=float, default=60.0, metavar="S",
+                         help="with --ray-address: give up when the cluster has not let this run join after S "
+                              "seconds (a wrong address or token; default 60)")
 
 
 def _interrupt(signum, frame):
@@ -78,6 +82,18 @@ def _interrupt(signum, frame):
 def main(argv=None) -> int:
     """Console entry point: 0 all answered, 1 some failed (or the workers did), 2 usage, 130/143 interrupted."""
     args = build_parser().parse_args(argv)
+    code = _guarded(args)
+    from .cluster import ABANDONED
+
+    if ABANDONED and argv is None:   # a join still waiting inside Ray: leave without waiting on it at exit
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _guarded(args) -> int:
+    before = signal.signal(signal.SIGTERM, _interrupt)   # SIGTERM ends the run as Ctrl-C does, at every stage
     try:
         return _main(args)
     except LaunchError as error:
@@ -89,6 +105,8 @@ def main(argv=None) -> int:
         print(f"\n{PROGRAM}: interrupted; what was answered is in {args.output}/index.jsonl (every answer file there "
               "is whole); run the same command again to go on", file=sys.stderr)
         return INTERRUPTED.get(stop.args[0] if stop.args else signal.SIGINT, 130)
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def _main(args) -> int:
@@ -98,6 +116,13 @@ def _main(args) -> int:
     check_engine_limits(args)
     if args.ray_token_file and not args.ray_address:
         raise LaunchError("--ray-token-file goes with --ray-address", code=2)
+    if args.ray_timeout <= 0:
+        raise LaunchError("--ray-timeout must be more than 0", code=2)
+    try:
+        usable_output(args.output, make=False)   # before the model is loaded: a wrong -o is said at once
+    except OutputRefused as error:
+        print(f"{PROGRAM}: {error}", file=sys.stderr)
+        return 2
     plan.check_device(args)
     sentences = read_input(args, PROGRAM)
     if not sentences:
@@ -108,7 +133,6 @@ def _main(args) -> int:
     plan.check_request(fields, model.pop("num_labels"), run_limits)
     settings = {"model": model, "device": "cuda" if args.cuda else "cpu", "fields": fields, "options": fields,
                 "limits": run_limits, "no_truncate": args.no_truncate}
-    before = signal.signal(signal.SIGTERM, _interrupt)   # SIGTERM ends the run as Ctrl-C does: cleaned up
     try:
         report = job.run(args, settings, sentences, fields)
     except OutputBusy as error:
@@ -117,8 +141,6 @@ def _main(args) -> int:
     except (JoinError, job.WorkersFailed) as error:
         print(f"{PROGRAM}: {error}", file=sys.stderr)
         return 1
-    finally:
-        signal.signal(signal.SIGTERM, before)
     print_report(PROGRAM, report)
     return 1 if report.failed else 0
 

@@ -29,6 +29,8 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 from ..engine.memory import reuse_memory_env
@@ -124,22 +126,64 @@ def token_settings(token_file: str | None) -> None:
         os.environ.pop("RAY_AUTH_TOKEN", None)
 
 
-def connect(address: str) -> dict:
-    """Join the cluster at ``address`` as its driver, quietly (no Ray log lines or worker output on the terminal;
-    Ray's errors still come as exceptions); returns what it has: ``cpus``, ``gpus``, ``nodes`` (alive) and
-    ``min_node_cpus``."""
+JOIN_SECONDS = 60.0
+ABANDONED: list = []   # a join that did not return in time: its thread is left behind (see cli.main)
+
+
+def _probe(address: str, seconds: float) -> None:
+    """Raise JoinError at once when nothing listens at ``address`` (HOST:PORT)."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=min(10.0, seconds)):
+            return
+    except ValueError:
+        raise JoinError(f"--ray-address {address}: write HOST:PORT (the GCS address, e.g. head:6379)") from None
+    except socket.timeout:
+        return   # a slow network: ray.init gets the rest of the time
+    except OSError as error:
+        raise JoinError(f"cannot join the Ray cluster at {address}: nothing answers there ({error.strerror or error}); "
+                        "is the head running, and is this its GCS address (ray start --head's --port)?") from None
+
+
+def connect(address: str, seconds: float = JOIN_SECONDS) -> dict:
+    """Join the cluster at ``address`` as its driver within ``seconds`` (else JoinError), quietly (no Ray log lines
+    or worker output on the terminal; Ray's errors still come as exceptions); the wait obeys Ctrl-C and SIGTERM
+    (``ray.init`` runs in a thread of its own: it blocks signals and may wait for ever on an address that does not
+    answer). Returns what the cluster has: ``cpus``, ``gpus``, ``nodes`` (alive) and ``min_node_cpus``."""
     os.environ["RAY_BACKEND_LOG_LEVEL"] = "fatal"   # the driver's C++ notices (e.g. on actor restarts)
+    deadline = time.monotonic() + seconds
+    _probe(address, seconds)
     import ray
 
-    try:
-        with _stderr_aside():   # where Ray's C++ logging announces the level it was set to
+    outcome: dict = {}
+
+    def join():
+        try:
             # the workers start with glibc told to reuse freed memory (intgrads.engine.memory.REUSE_MEMORY_ENV)
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False,
                      runtime_env={"env_vars": reuse_memory_env(os.environ)})
-    except (ConnectionError, RuntimeError, ValueError) as error:
+        except BaseException as error:   # handed to the main thread
+            outcome["error"] = error
+
+    hint = "a cluster with token auth needs its token: --ray-token-file or $RAY_AUTH_TOKEN_PATH"
+    thread = threading.Thread(target=join, name="ray-join", daemon=True)
+    with _stderr_aside():   # where Ray's C++ logging announces the level it was set to, and its retries
+        thread.start()
+        try:
+            while thread.is_alive() and time.monotonic() < deadline:
+                thread.join(0.2)
+        finally:
+            if thread.is_alive():
+                ABANDONED.append(thread)
+    if thread.is_alive():
+        raise JoinError(f"cannot join the Ray cluster at {address}: no answer within {seconds:g} s (--ray-timeout); "
+                        f"{hint}")
+    error = outcome.get("error")
+    if isinstance(error, (ConnectionError, RuntimeError, ValueError)):
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise JoinError(f"cannot join the Ray cluster at {address}: {first} (a cluster with token auth needs its "
-                        "token: --ray-token-file or $RAY_AUTH_TOKEN_PATH)") from None
+        raise JoinError(f"cannot join the Ray cluster at {address}: {first} ({hint})")
+    if error is not None:
+        raise error
     nodes = [node for node in ray.nodes() if node.get("Alive")]
     resources = ray.cluster_resources()
     node_cpus = [int(node.get("Resources", {}).get("CPU", 0)) for node in nodes]

@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..client.index import open_output, remove_own_temporaries
+from ..client.index import open_output, remove_own_temporaries, usable_output
 from ..client.report import RunReport, advance, progress_bar
 from . import cluster
 from .adopt import recover
@@ -44,7 +44,7 @@ def run(args, job: dict, items: list, options: dict) -> RunReport:
     """Answer ``items`` (``(line, sentence)``) into ``args.output`` with ``job`` (the workers' settings, see
     :class:`~intgrads.batch.worker.AnswerWriter`); returns the run's report. Raises ``OutputBusy``,
     :class:`WorkersFailed`, :class:`~intgrads.batch.cluster.JoinError` or KeyboardInterrupt (after cleaning up)."""
-    output = Path(args.output).resolve()
+    output = usable_output(args.output)
     with open_output(output, items, options, program=PROGRAM, overwrite=args.overwrite) as done:
         recovered = recover(done, options)
         report = RunReport(output=output, total=len(items), skipped=len(items) - len(done.todo))
@@ -71,7 +71,7 @@ def _cluster(args, output: Path, tasks: int):
     if args.ray_address:
         cluster.token_settings(args.ray_token_file)
         try:
-            yield cluster_layout(args, cluster.connect(args.ray_address), tasks)
+            yield cluster_layout(args, cluster.connect(args.ray_address, args.ray_timeout), tasks)
         finally:
             cluster.disconnect()
         return

@@ -20,7 +20,36 @@ LOCK_NAME = ".intgrads-client.lock"
 
 
 class OutputBusy(RuntimeError):
-    """Another client is writing into the same output directory."""
+    """Another client is writing into the same output directory (or it cannot be used: :class:`OutputRefused`)."""
+
+
+class OutputRefused(OutputBusy):
+    """The output directory cannot be used: a file, a folder that cannot be made or written, a symbolic link
+    whose target is missing or another user's."""
+
+
+def usable_output(output, make: bool = True) -> Path:
+    """``output`` as the folder to write into: a symbolic link only to an existing folder of this user's (never
+    made through the link), made if missing (``make=False``: only checked, nothing made); raises
+    :class:`OutputRefused` with what is wrong."""
+    output = Path(output).expanduser().absolute()
+    if output.is_symlink():
+        target = output.resolve()
+        if not target.is_dir() or target.stat().st_uid != os.getuid():
+            raise OutputRefused(f"-o {output} is a symbolic link to {target}, which is not an existing folder of "
+                                "yours: give the folder itself")
+    elif output.exists() and not output.is_dir():
+        raise OutputRefused(f"-o {output} is a file, not a folder: give a folder (made if missing)")
+    if not make:
+        above = next(folder for folder in output.parents if folder.exists() or folder.is_symlink())
+        if not output.exists() and not above.is_dir():
+            raise OutputRefused(f"cannot make the output folder {output}: {above} is not a folder")
+        return output
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputRefused(f"cannot make the output folder {output}: {error.strerror or error}") from None
+    return output.resolve()
 
 
 class OutputConflict(OutputBusy):
@@ -188,8 +217,11 @@ def open_output(output, items, options: dict, program: str = "intgrads-client", 
     :class:`OutputConflict` (nothing changed) when ``output`` holds answers made with other options, unless
     ``overwrite``."""
     output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
-    lock = lock_output(output, program)
+    usable_output(output)
+    try:
+        lock = lock_output(output, program)
+    except OSError as error:
+        raise OutputRefused(f"cannot write into the output folder {output}: {error.strerror or error}") from None
     try:
         remove_own_temporaries(output)
         index = output / INDEX_NAME

@@ -174,9 +174,9 @@ def _attribute_batch(bundle, batch, options, deadline=None, endpoints=False, idg
     else:
         targets = torch.full((n_sentences,), options.target, device=x.device)
 
-    def evaluate(row_sentence, row_alpha, done_rows, total_rows):
+    def evaluate(row_sentence, row_alpha, done_rows, total_rows, at_most=False):
         return _gradients_at(bundle, batch, options, x, b, targets, row_sentence, row_alpha, deadline,
-                             done_rows, total_rows)
+                             done_rows, total_rows, at_most)
 
     if options.n_steps == AUTO:
         chosen = targets.view(-1, 1)
@@ -189,7 +189,8 @@ def _attribute_batch(bundle, batch, options, deadline=None, endpoints=False, idg
             for i in range(n_sentences)]
 
 
-def _gradients_at(bundle, batch, options, x, b, targets, row_sentence, row_alpha, deadline, done_rows, total_rows):
+def _gradients_at(bundle, batch, options, x, b, targets, row_sentence, row_alpha, deadline, done_rows, total_rows,
+                  at_most=False):
     """g_r = dF_target/dz (R, T, H) and F_target(z_r) float32 (R,) at z_r = b_s + alpha_r (x_s - b_s), s =
     ``row_sentence[r]``, in chunks of ``internal_batch_size`` rows; the deadline is checked before each chunk
     (``done_rows`` of ``total_rows`` done before these)."""
@@ -198,7 +199,7 @@ def _gradients_at(bundle, batch, options, x, b, targets, row_sentence, row_alpha
     grads = torch.empty((rows_n,) + tuple(x.shape[1:]), dtype=x.dtype, device=x.device)
     outputs = torch.empty(rows_n, dtype=torch.float32, device=x.device)
     for start in range(0, rows_n, chunk):
-        check_deadline(deadline, done_rows + start, total_rows, x.device)
+        check_deadline(deadline, done_rows + start, total_rows, x.device, at_most)
         rows = slice(start, min(start + chunk, rows_n))
         owner = row_sentence[rows]
         with torch.enable_grad():

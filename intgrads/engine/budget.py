@@ -63,14 +63,16 @@ def deadline_for(started: float, response_timeout: float) -> float:
 class DeadlineExceeded(TimeoutError):
     """The attribution stopped between two chunks because its deadline had passed."""
 
-    def __init__(self, done_rows: int, total_rows: int, late_by: float):
-        self.done_rows, self.total_rows, self.late_by = done_rows, total_rows, late_by
-        super().__init__(f"the deadline passed after {done_rows} of {total_rows} interpolation rows")
+    def __init__(self, done_rows: int, total_rows: int, late_by: float, at_most: bool = False):
+        self.done_rows, self.total_rows, self.late_by, self.at_most = done_rows, total_rows, late_by, at_most
+        of = f"at most {total_rows}" if at_most else str(total_rows)
+        super().__init__(f"the deadline passed after {done_rows} of {of} interpolation rows")
 
 
-def check_deadline(deadline: float | None, done_rows: int, total_rows: int, device=None):
-    """Raise :class:`DeadlineExceeded` when ``deadline`` (``time.monotonic()``) has passed. On a GPU, waits for
-    the queued work first, so that the time read is the work's own."""
+def check_deadline(deadline: float | None, done_rows: int, total_rows: int, device=None, at_most: bool = False):
+    """Raise :class:`DeadlineExceeded` when ``deadline`` (``time.monotonic()``) has passed (``total_rows``: all
+    the request's rows, or with ``at_most`` the most it may take: ``n_steps="auto"`` does not know them ahead).
+    On a GPU, waits for the queued work first, so that the time read is the work's own."""
     if deadline is None:
         return
     if device is not None and getattr(device, "type", device) == "cuda":
@@ -79,4 +81,4 @@ def check_deadline(deadline: float | None, done_rows: int, total_rows: int, devi
         torch.cuda.synchronize(device)
     now = time.monotonic()
     if now > deadline:
-        raise DeadlineExceeded(done_rows, total_rows, now - deadline)
+        raise DeadlineExceeded(done_rows, total_rows, now - deadline, at_most)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .adaptive import Refinement
+from .adaptive import Refinement, most_points
 from .quadrature import step_sizes_and_alphas
 
 
@@ -57,14 +57,14 @@ def adaptive_paths(evaluate, difference, keep, f_input, f_baseline, options) -> 
     device = difference.device
     plans = [Refinement(fx, fb, options.tolerance, options.max_steps) for fx, fb in zip(f_input, f_baseline)]
     found = [{} for _ in plans]        # alpha -> (gradient (T, H), output)
-    done = 0
+    done, most = 0, len(plans) * most_points(options.max_steps)   # every round's rows count; the total is unknown
     while True:
         rows = [(i, alpha) for i, plan in enumerate(plans) for alpha in plan.request()]
         if not rows:
             break
         row_sentence = torch.tensor([i for i, _ in rows], device=device)
         grads, outputs = evaluate(row_sentence, torch.tensor([a for _, a in rows], dtype=torch.float32,
-                                                             device=device), done, done + len(rows))
+                                                             device=device), done, most, True)
         done += len(rows)
         integrands = (grads * difference[row_sentence]).sum(dim=-1)
         for i, plan in enumerate(plans):

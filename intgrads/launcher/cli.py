@@ -165,6 +165,13 @@ def _server_flags(server):
                              "(host:8265) instead of starting a Ray head")
     server.add_argument("--ray-token-file", default=None, metavar="FILE",
                         help="with --ray-address: the cluster's token file (default $RAY_AUTH_TOKEN_PATH)")
+    server.add_argument("--body-timeout", type=float, default=60.0, metavar="S",
+                        help="with --frontend ray: a request's body must come whole within S seconds, else 408 "
+                             "and the connection is closed (default 60)")
+    server.add_argument("--trusted-proxy", action="append", default=None, metavar="ADDR",
+                        help="with --frontend ray: the address of a reverse proxy whose X-Forwarded-For is believed "
+                             "(repeatable); without it, a request that carries one needs the key, and with it a "
+                             "request from the proxy without one needs the key")
     server.add_argument("-h", "--host", default=None,
                         help="address to bind (default 127.0.0.1; 0.0.0.0 for every interface, token auth on)")
     server.add_argument("-p", "--port", type=int, default=8888, help="inference port (default 8888)")
@@ -211,6 +218,11 @@ def check_flags(args):
         raise LaunchError("--max-batch-delay must be 0 or more", code=2)
     if (args.ray_address or args.ray_token_file) and args.frontend != "ray":
         raise LaunchError("--ray-address and --ray-token-file go with --frontend ray", code=2)
+    if (args.trusted_proxy or args.body_timeout != 60.0) and args.frontend != "ray":
+        raise LaunchError("--trusted-proxy and --body-timeout go with --frontend ray (put a reverse proxy with "
+                          "timeouts in front of TorchServe)", code=2)
+    if args.body_timeout <= 0:
+        raise LaunchError("--body-timeout must be more than 0", code=2)
     if args.frontend == "ray":
         torchserve_only = [flag for flag, given in (("--batch-size", args.batch_size != 1),
                                                     ("--management-port", args.management_port is not None),

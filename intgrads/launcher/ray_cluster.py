@@ -6,14 +6,21 @@ touching any other Ray on the machine.
   with its Serve REST API all ask for it, and nothing is written to ``~/.ray``.
 - **Ports.** Every port Ray opens (GCS, dashboard, agents, object and node managers, metrics, workers) is taken
   from one free block, so two runs never meet; the dashboard listens on 127.0.0.1 only.
-- **Stop.** ``ray stop`` kills every Ray process of the machine. :func:`stop_cluster` kills only the processes
-  that have a file open, or their working directory, under the run's Ray folder (every Ray process keeps its logs
-  and sockets there), and their children: raylet first, gcs_server last, SIGKILL after a grace period.
+- **Folder.** Ray makes its temp dir and every folder in it world-writable (0777, for several users of one
+  machine); it is therefore kept inside a folder of the run's own, owner-only (``private_parent``), so no other
+  user can list, plant or move anything in it.
+- **Stop.** ``ray stop`` kills every Ray process of the machine. :func:`stop_cluster` kills only this user's
+  processes of the cluster kept in the folder: those whose command line gives the folder, or a folder in it, as an
+  option's value (``--session-dir=...``, ``--temp-dir=...``: every Ray daemon of a node, the head's and a joined
+  node's), those of the Ray session the head's ``ray start`` made (its name ends in that session's id), and their
+  children (the workers); raylet first, gcs_server last, SIGKILL after a grace period. A process that merely works
+  in the folder or reads a file there (a shell, a ``tail -f`` of a log) is not one of them.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -40,11 +47,11 @@ RAY_SOCKET_SUFFIX_NO_DASHBOARD = 64
 MAX_RAY_FOLDER = SOCKET_PATH_BYTES - RAY_SOCKET_SUFFIX
 
 
-def short_private_folder(prefix: str) -> Path:
+def short_private_folder(prefix: str, room: int = 0) -> Path:
     """A new owner-only folder named ``prefix``..., in the temp folder, or in /tmp when the temp folder's
-    path would leave it too long for Ray's sockets."""
+    path would leave it (with ``room`` bytes more for what goes in it) too long for Ray's sockets."""
     base = tempfile.gettempdir()
-    if len(os.fsencode(os.path.join(base, prefix + "x" * 8))) > MAX_RAY_FOLDER:
+    if len(os.fsencode(os.path.join(base, prefix + "x" * 8))) + room > MAX_RAY_FOLDER:
         base = "/tmp"
     folder = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
     os.chmod(folder, 0o700)
@@ -125,13 +132,23 @@ def ray_command() -> str:
     return str(found)
 
 
+def private_parent(folder: Path) -> None:
+    """Make ``folder``'s parent an owner-only folder of this user's (Ray opens ``folder`` itself to everyone)."""
+    parent = folder.parent
+    parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if parent.is_symlink() or not parent.is_dir() or parent.lstat().st_uid != os.getuid():
+        raise LaunchError(f"{parent} is not a folder of this user's: Ray's files cannot be kept private there")
+    os.chmod(parent, 0o700)
+
+
 def start_head(folder: Path, ports: RayPorts, token_path: Path, *, cpus: int, gpus: int, log, extra_args=(),
-               new_session: bool = False) -> None:
-    """``ray start --head`` with every port from ``ports``, its temp dir ``folder`` (logs, sockets), the
-    dashboard on loopback (plus ``extra_args``); raises LaunchError with the tail of its output when it fails.
-    ``new_session``: Ray's daemons in a session of their own, out of reach of the terminal's Ctrl-C (the caller
-    stops them in order)."""
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+               new_session: bool = True, environ: dict | None = None) -> None:
+    """``ray start --head`` with every port from ``ports``, its temp dir ``folder`` (logs, sockets; its parent
+    made owner-only), the dashboard on loopback (plus ``extra_args``); raises LaunchError with the tail of its
+    output when it fails. Ray's daemons run in a session of their own (whose id names the Ray session, which
+    :func:`stop_cluster` reads), out of reach of the terminal's Ctrl-C (the caller stops them in order)."""
+    private_parent(folder)
+    folder.mkdir(mode=0o700, exist_ok=True)
     low, high = ports.workers
     command = [ray_command(), "start", "--head", "--temp-dir", str(folder), "--port", str(ports.gcs),
                "--dashboard-host", "127.0.0.1", "--dashboard-port", str(ports.dashboard),
@@ -143,7 +160,7 @@ def start_head(folder: Path, ports: RayPorts, token_path: Path, *, cpus: int, gp
                "--min-worker-port", str(low), "--max-worker-port", str(high),
                "--num-cpus", str(cpus), "--num-gpus", str(gpus), "--disable-usage-stats", *extra_args]
     with open(log, "ab") as out:
-        result = subprocess.run(command, cwd=folder, env=ray_env(token_path, ports), stdout=out,
+        result = subprocess.run(command, cwd=folder, env={**ray_env(token_path, ports), **(environ or {})}, stdout=out,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=300,
                                 start_new_session=new_session)
     if result.returncode != 0:
@@ -168,35 +185,58 @@ def _stat(pid: int):
         return None
 
 
-def _uses(pid: int, prefix: str) -> bool:
+def _owner(pid: int):
     try:
-        if (os.readlink(f"/proc/{pid}/cwd") + "/").startswith(prefix):
-            return True
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(prefix):
-                    return True
-            except OSError:
-                continue
+        return os.stat(f"/proc/{pid}").st_uid
     except OSError:
-        pass
-    return False
+        return None
+
+
+def _argv(pid: int) -> list:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return [os.fsdecode(arg) for arg in handle.read().split(b"\0") if arg]
+    except OSError:
+        return []
+
+
+def _session_id(pid: int):
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as handle:
+            return int(handle.read().rsplit(")", 1)[1].split()[3])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+# a Ray session's name ends in the pid of the ray start that made it, the leader of its daemons' session
+SESSION_OPTION = re.compile(r"^--session[-_](?:name|dir)=(?:.*/)?session_[0-9_-]+_(\d+)/?$")
 
 
 def cluster_processes(folder: Path) -> dict[int, str]:
-    """{pid: name} of the processes of the Ray cluster kept in ``folder``, and their descendants."""
+    """{pid: name} of this user's processes of the Ray cluster kept in ``folder`` (see the module docstring)."""
     prefix = str(folder.resolve()).rstrip("/") + "/"
-    me = os.getpid()
-    table = {int(entry): _stat(int(entry)) for entry in os.listdir("/proc") if entry.isdigit()}
-    table = {pid: info for pid, info in table.items() if info and info[1] != "Z" and pid != me}
-    found = {pid for pid in table if _uses(pid, prefix)}
+    me, uid = os.getpid(), os.getuid()
+    table = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != me and _owner(int(entry)) == uid:
+            info = _stat(int(entry))
+            if info and info[1] != "Z":
+                table[int(entry)] = info
+    found, sessions = set(), set()
+    for pid in table:
+        options = [arg for arg in _argv(pid) if arg.startswith("--") and "=" in arg]
+        if any((arg.split("=", 1)[1].rstrip("/") + "/").startswith(prefix) for arg in options):
+            found.add(pid)
+            sessions.update(int(match.group(1)) for match in map(SESSION_OPTION.match, options) if match)
+    if sessions:
+        found.update(pid for pid in table if _session_id(pid) in sessions)
     children: dict = {}
     for pid, (parent, _) in table.items():
         children.setdefault(parent, []).append(pid)
     stack = list(found)
     while stack:
         for child in children.get(stack.pop(), []):
-            if child not in found and child != me:
+            if child not in found:
                 found.add(child)
                 stack.append(child)
     names = {}

@@ -29,6 +29,11 @@ FRONT_IMPORT = "intgrads.rayserve.app:front_app"
 FRONT_NAME = "intgrads"
 MODEL_DEPLOYMENT = "ModelServer"
 MAX_QUEUED = 100   # requests waiting per replica beyond this get 503 at once (TorchServe's job_queue_size)
+# Ray's bounds sit above ours: a replica holds this many requests at once (bodies being read, answers streaming,
+# the queue); Ray's own max_queued_requests counts per caller (the proxy), so it only backs ours up
+REPLICA_REQUESTS = 500
+RAY_QUEUED = 2000
+BODY_SECONDS = 60.0
 
 
 def replica_options(*, cuda: bool, workers_per_gpu: int, cpus_each: float) -> dict:
@@ -48,23 +53,27 @@ def code_version() -> str:
 
 
 def model_application(name: str, archive: Path, *, replicas: int, options: dict, threads: int, device: str,
-                      key_file: str | None, handoff_dir: str | None, handoff_max_bytes: int, version: str) -> dict:
+                      key_file: str | None, handoff_dir: str | None, handoff_max_bytes: int, version: str,
+                      body_seconds: float = BODY_SECONDS, trusted: tuple = ()) -> dict:
     """One model's application. Its replicas start with glibc told to reuse freed memory (the engine runs in a
     thread of the replica's); ``INTGRADS_REUSE_MEMORY=0`` in the launcher's environment reaches them instead."""
     application = {"name": name, "route_prefix": f"/predictions/{name}", "import_path": MODEL_IMPORT,
                    "args": {"name": name, "archive": str(archive), "threads": threads, "device": device,
                             "key_file": key_file, "handoff_dir": handoff_dir, "handoff_max_bytes": handoff_max_bytes,
+                            "body_seconds": body_seconds, "max_queued": MAX_QUEUED, "trusted_proxies": list(trusted),
                             "code_version": version},
-                   "deployments": [{"name": MODEL_DEPLOYMENT, "num_replicas": replicas, "max_ongoing_requests": 2,
-                                    "max_queued_requests": MAX_QUEUED, "ray_actor_options": options}]}
+                   "deployments": [{"name": MODEL_DEPLOYMENT, "num_replicas": replicas,
+                                    "max_ongoing_requests": REPLICA_REQUESTS, "max_queued_requests": RAY_QUEUED,
+                                    "ray_actor_options": options}]}
     application["runtime_env"] = {"env_vars": reuse_memory_env(os.environ)}
     return application
 
 
-def front_application(models: list, key_file: str | None, max_body_bytes: int, version: str) -> dict:
+def front_application(models: list, key_file: str | None, max_body_bytes: int, version: str,
+                      body_seconds: float = BODY_SECONDS, trusted: tuple = ()) -> dict:
     return {"name": FRONT_NAME, "route_prefix": "/", "import_path": FRONT_IMPORT,
             "args": {"models": list(models), "key_file": key_file, "max_body_bytes": max_body_bytes,
-                     "code_version": version},
+                     "body_seconds": body_seconds, "trusted_proxies": list(trusted), "code_version": version},
             "deployments": [{"name": "Front", "num_replicas": 1, "ray_actor_options": {"num_cpus": 0}}]}
 
 
@@ -76,11 +85,14 @@ def applications(args, archives: dict, *, cpus_each: float, threads: int, key_fi
     replicas = args.workers_per_gpu * args.num_cuda_devs if args.cuda else args.workers
     options = replica_options(cuda=args.cuda, workers_per_gpu=args.workers_per_gpu, cpus_each=cpus_each)
     device = "cuda" if args.cuda else "cpu"
+    seconds = float(getattr(args, "body_timeout", BODY_SECONDS))
+    trusted = tuple(getattr(args, "trusted_proxy", None) or ())
     apps = [model_application(name, archive, replicas=replicas, options=options, threads=threads, device=device,
                               key_file=key_file, handoff_dir=handoff_dir,
-                              handoff_max_bytes=args.handoff_max_bytes if handoff_dir else 0, version=version)
+                              handoff_max_bytes=args.handoff_max_bytes if handoff_dir else 0, version=version,
+                              body_seconds=seconds, trusted=trusted)
             for name, archive in archives.items()]
-    return apps + [front_application(list(archives), key_file, args.max_body_bytes, version)]
+    return apps + [front_application(list(archives), key_file, args.max_body_bytes, version, seconds, trusted)]
 
 
 def serve_config(applications: list, *, host: str, port: int) -> dict:

@@ -32,13 +32,16 @@ from .tsconfig import is_loopback, public_host, read_properties, url_host
 
 
 
+RAY_TEMP = "r"   # Ray's temp dir, in the owner-only RUN/ray (Ray opens its temp dir to every user)
+
+
 def ray_folder(paths: RunPaths) -> Path:
-    """Where the run's Ray keeps its logs and sockets: RUN/ray, or, when that path is too long for Ray's Unix
-    sockets, a private folder in the temp folder (or /tmp)."""
-    folder = paths.run_dir / "ray"
+    """Where the run's Ray keeps its logs and sockets: RUN/ray/r, or, when that path is too long for Ray's Unix
+    sockets, r in a private folder of the temp folder (or /tmp). Its parent is owner-only either way."""
+    folder = paths.run_dir / "ray" / RAY_TEMP
     if len(os.fsencode(folder)) <= ray_cluster.MAX_RAY_FOLDER:
         return folder
-    return ray_cluster.short_private_folder("intgrads-ray-")
+    return ray_cluster.short_private_folder("intgrads-ray-", room=len("/" + RAY_TEMP)) / RAY_TEMP
 
 
 def _state(paths: RunPaths) -> dict:
@@ -125,7 +128,9 @@ def _cluster(args, paths: RunPaths, state: dict) -> ray_deploy.Dashboard:
                  gcs=f"127.0.0.1:{ports.gcs}", token_file=str(token_path), ray_ports=ports.base)
     paths.state.write_text(json.dumps(state, indent=1), encoding="utf-8")
     print(f"intgrads: starting a Ray head (token auth, its files in {folder})", flush=True)
-    ray_cluster.start_head(folder, ports, token_path, cpus=usable_cores(), gpus=gpus, log=paths.logs / "ray.out")
+    trusted = args.trusted_proxy or []   # the HTTP proxy puts X-Forwarded-For's caller in their requests' place
+    ray_cluster.start_head(folder, ports, token_path, cpus=usable_cores(), gpus=gpus, log=paths.logs / "ray.out",
+                           environ={"FORWARDED_ALLOW_IPS": ",".join(trusted)} if trusted else None)
     dashboard = ray_deploy.Dashboard(state["dashboard"], token_path.read_text().strip())
     dashboard.wait_answering()
     return dashboard
@@ -196,8 +201,9 @@ def stop_ray(paths: RunPaths, quiet: bool = False) -> bool:
     ended = 0
     if state.get("own_cluster") and state.get("ray_dir"):
         ended = ray_cluster.stop_cluster(Path(state["ray_dir"]))
-        if not str(state["ray_dir"]).startswith(str(paths.run_dir)):
-            shutil.rmtree(state["ray_dir"], ignore_errors=True)
+        if not str(state["ray_dir"]).startswith(str(paths.run_dir)):   # a folder of its own in the temp folder
+            folder = Path(state["ray_dir"])
+            shutil.rmtree(folder.parent if folder.name == RAY_TEMP else folder, ignore_errors=True)
     elif state.get("dashboard") and state.get("applications") and not state.get("stopped_at"):
         token = Path(state["token_file"]).read_text().strip() if state.get("token_file") else None
         try:
@@ -242,8 +248,15 @@ def _check_room(state: dict, deployment: dict, more: int, name: str):
     for resource, each in (("CPU", options.get("num_cpus") or 0), ("GPU", options.get("num_gpus") or 0)):
         if each and free.get(resource, 0.0) + 1e-9 < more * each:
             raise LaunchError(f"--scale: {more} more replica(s) of {name} need {more * each:g} {resource}(s) and the "
-                              f"cluster has {free.get(resource, 0.0):g} free: add a node (ray start --address "
-                              f"{state['gcs']} with RAY_AUTH_MODE=token and the run's token) or ask for fewer", code=2)
+                              f"cluster has {free.get(resource, 0.0):g} free: add a node ({join_hint(state)}) or ask "
+                              "for fewer", code=2)
+
+
+def join_hint(state: dict) -> str:
+    """How another machine joins the run's cluster: the GCS at this machine's address, with the token."""
+    port = state["gcs"].rsplit(":", 1)[1]
+    return (f"on the other machine: RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=<a copy of {state['token_file']}> "
+            f"ray start --address {url_host(public_host('0.0.0.0'))}:{port}")
 
 
 def scale_ray(paths: RunPaths, spec: str) -> str:

@@ -2,8 +2,11 @@
 
 One application per model (``model_app``, route ``/predictions/NAME``): a ``ModelServer`` replica opens the model's
 ``.mar`` (the same archive TorchServe serves, so the same weights, settings and limits), and answers one request
-at a time (a second may wait while the first one's answer streams out), with torch's work in a thread so the
-replica's event loop stays free. One front (``front_app``, route ``/``) answers what no model route takes:
+at a time, with torch's work in a thread so the replica's event loop stays free (it reads bodies and streams
+answers meanwhile). A request takes its turn only once its whole body has come (within ``body_seconds``, else
+408): a stalled upload costs a socket, not a turn; at most ``max_queued`` wait per replica, past that a JSON 503
+(``turns``; Ray's own queue bounds sit above it). One front (``front_app``, route ``/``) answers what no model
+route takes:
 ``POST /explanations/NAME`` (the JSON summary, through the model's deployment), ``GET /models/NAME`` (what the
 model is, its defaults and limits), ``GET /ping`` and ``GET /metrics``, and a 404 naming the model otherwise.
 """
@@ -28,9 +31,12 @@ from ..serving.service import AttributionService
 from ..system import OWNER_FILE, UNPACKED_PREFIX, sweep_orphans
 from . import http
 from .metrics import counters
+from .turns import Busy, Turns
 
 logger = logging.getLogger("ray.serve")
 DEFAULT_MAX_BODY = 1_048_576
+DEFAULT_BODY_SECONDS = 60.0
+DEFAULT_MAX_QUEUED = 100
 
 
 def read_key(key_file: str | None) -> str | None:
@@ -54,12 +60,13 @@ def open_archive(archive: str) -> tuple[Path, dict]:
         return folder, yaml.safe_load(handle) or {}
 
 
-@serve.deployment(max_ongoing_requests=2, max_queued_requests=100, ray_actor_options={"num_cpus": 1})
+@serve.deployment(max_ongoing_requests=500, max_queued_requests=-1, ray_actor_options={"num_cpus": 1})
 class ModelServer:
-    """One model, one request at a time; see the module docstring."""
+    """One model, one request's work at a time; see the module docstring."""
 
     def __init__(self, name: str, archive: str, threads: int = 1, device: str = "cpu", key_file: str | None = None,
-                 handoff_dir: str | None = None, handoff_max_bytes: int = 0):
+                 handoff_dir: str | None = None, handoff_max_bytes: int = 0, body_seconds: float = DEFAULT_BODY_SECONDS,
+                 max_queued: int = DEFAULT_MAX_QUEUED, trusted_proxies: list | None = None):
         self.name = name
         self.folder, config = open_archive(archive)
         settings = config["intgrads"]
@@ -72,6 +79,9 @@ class ModelServer:
         self.key = read_key(key_file)
         self.max_body = int(self.service.limits.get("max_body_bytes") or DEFAULT_MAX_BODY)
         self.lock = threading.Lock()
+        self.turns = Turns(max_queued)
+        self.body_seconds = float(body_seconds)
+        self.trusted = tuple(trusted_proxies or ())
         self.counters = counters()
         logger.info("intgrads: model %s loaded on %s with %d torch threads (pid %d)", name, device, threads,
                     os.getpid())
@@ -81,12 +91,22 @@ class ModelServer:
 
     async def __call__(self, request: Request):
         try:
-            incoming = await http.incoming(request, max_body_bytes=self.max_body, key=self.key)
+            incoming = await http.incoming(request, max_body_bytes=self.max_body, key=self.key,
+                                           body_seconds=self.body_seconds, trusted=self.trusted)
         except http.Refused as refused:
             reply = refused.reply
         else:
-            reply = await asyncio.to_thread(self.answer, incoming)
+            reply = await self.explain(incoming)
         return http.response(reply)
+
+    async def explain(self, incoming):
+        """The reply to a request whose body has come, in its turn (what the front asks for an explanation), or
+        the 503 of a full queue (counted)."""
+        try:
+            return await self.turns.run(self.answer, incoming)
+        except Busy as busy:
+            self.counters.add.remote(self.name, busy.reply.status, busy.reply.counters)
+            return busy.reply
 
     def answer(self, incoming):
         """The service's reply, counted (also what the front asks for an explanation)."""
@@ -105,14 +125,17 @@ def _node_id() -> str:
     return ray.get_runtime_context().get_node_id()
 
 
-@serve.deployment(max_ongoing_requests=100, ray_actor_options={"num_cpus": 0})
+@serve.deployment(max_ongoing_requests=500, ray_actor_options={"num_cpus": 0})
 class Front:
     """The routes besides ``/predictions/NAME``; see the module docstring."""
 
-    def __init__(self, models: list, key_file: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY):
+    def __init__(self, models: list, key_file: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY,
+                 body_seconds: float = DEFAULT_BODY_SECONDS, trusted_proxies: list | None = None):
         self.models = {name: serve.get_deployment_handle("ModelServer", app_name=name) for name in models}
         self.key = read_key(key_file)
         self.max_body = int(max_body_bytes)
+        self.body_seconds = float(body_seconds)
+        self.trusted = tuple(trusted_proxies or ())
         self.counters = counters()
 
     async def __call__(self, request: Request):
@@ -120,7 +143,7 @@ class Front:
         try:
             if parts == ["ping"]:
                 return http.json_response(200, {"status": "Healthy"})
-            http.check_key(request, self.key)
+            http.check_key(request, self.key, self.trusted)
             if parts == ["metrics"]:
                 text = await self.counters.render.remote()
                 return http.Response(text, media_type="text/plain; version=0.0.4")
@@ -128,8 +151,9 @@ class Front:
                 handle = self.models[parts[1]]
                 if parts[0] == "models":
                     return http.json_response(200, [await handle.describe.remote()])
-                incoming = await http.incoming(request, max_body_bytes=self.max_body, key=self.key, explain=True)
-                return http.response(await handle.answer.remote(incoming))
+                incoming = await http.incoming(request, max_body_bytes=self.max_body, key=self.key, explain=True,
+                                               body_seconds=self.body_seconds, trusted=self.trusted)
+                return http.response(await handle.explain.remote(incoming))
         except http.Refused as refused:
             return http.response(refused.reply)
         name = parts[1] if len(parts) >= 2 else "/".join(parts)

@@ -75,6 +75,7 @@ def check_work(request, lengths, model, budget_gmac: float | None, response_time
 def deadline_error(error: DeadlineExceeded, response_timeout: float) -> RequestError:
     """504 for a request the engine stopped at its deadline; the worker is free for the next one."""
     return RequestError(
-        f"the request ran out of time: it was stopped after {error.done_rows} of {error.total_rows} interpolation "
+        f"the request ran out of time: it was stopped after {error.done_rows} of "
+        f"{'at most ' if getattr(error, 'at_most', False) else ''}{error.total_rows} interpolation "
         f"rows, near the end of the server's {response_timeout:.0f} s response timeout; {SMALLER}, or split it "
         "(retrying the same request would run out of time again)", status=504)

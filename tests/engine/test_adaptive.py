@@ -257,3 +257,32 @@ def test_compact_auto_answer_rebuilds_bitwise_and_idgi_outputs(bundles, auto_ans
         assert torch.equal(rebuilt[key], value) if isinstance(value, torch.Tensor) else rebuilt[key] == value, key
     only = prepare_answer(auto_answers["zero"], outputs=["idgi"])
     assert {"idgi", "idgi_token_attributions"} <= set(only) and "integrated_gradients" not in only
+
+
+def test_a_504_of_auto_counts_every_rounds_rows_of_the_most_it_may_take(bundles, monkeypatch):
+    """The deadline passing in the last round: the rows of every earlier round are counted as done, and the total
+    is the most the request may take (n_steps auto does not know its own ahead), said as "at most"."""
+    import intgrads.engine.attribution as attribution
+    from intgrads.serving.guards import deadline_error
+
+    full = intgrads.attribute(bundles["bert"], SENTENCE, n_steps="auto", baseline="pad")
+    checks = []
+    real = attribution.check_deadline
+
+    def count(deadline, done, total, device=None, at_most=False):
+        checks.append(done)
+
+    monkeypatch.setattr(attribution, "check_deadline", count)
+    intgrads.attribute(bundles["bert"], SENTENCE, n_steps="auto", baseline="pad", deadline=1e18)
+    assert len(checks) > 1   # more than one round
+
+    def late_in_the_last_round(deadline, done, total, device=None, at_most=False):
+        real(0.0 if done == checks[-1] else None, done, total, device, at_most)
+
+    monkeypatch.setattr(attribution, "check_deadline", late_in_the_last_round)
+    with pytest.raises(DeadlineExceeded) as stopped:
+        intgrads.attribute(bundles["bert"], SENTENCE, n_steps="auto", baseline="pad", deadline=1e18)
+    error = stopped.value
+    assert 0 < error.done_rows == checks[-1] < full["gradient_evaluations"] <= error.total_rows and error.at_most
+    assert f"after {error.done_rows} of at most {error.total_rows} interpolation rows" in \
+        deadline_error(error, 60).message

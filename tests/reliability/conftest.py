@@ -1,6 +1,7 @@
 """Fixtures for the reliability suite: real TorchServe servers on the demo model, started through the
 launcher like tests/serve (each server its own TMPDIR, ports and run directory), one model store shared by them
-so the demo model and its archive are built once; and the per-category tally printed at the end."""
+so the demo model and its archive are built once, and one Ray Serve server (``--frontend ray``) for the Ray
+front end's categories; and the per-category tally printed at the end, by front end."""
 
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ REFERENCE = {"sequence": "the acting was wonderful but the plot was thin.", "n_s
 # category -> [cases tried, cases passed]; filled by the tests through the ``tally`` fixture
 TALLY: "OrderedDict[str, list]" = OrderedDict()
 FIGURES: list = []   # lines printed under the table (latencies...)
-CATEGORIES = ("1 bad input", "2 load", "3 faults", "4 determinism", "5 security", "6 shared server")
+CATEGORIES = ("1 bad input", "2 load", "3 faults", "4 determinism", "5 security", "6 shared server",
+              "ray 1 slow uploads", "ray 2 queue", "ray 3 folder", "ray 4 stop", "ray 5 batch job",
+              "ray 6 keys, hints")
 
 
 class Tally:
@@ -46,12 +49,13 @@ def pytest_terminal_summary(terminalreporter):
         return
     write = terminalreporter.write_line
     terminalreporter.section("reliability summary")
-    write(f"{'category':<16} {'cases tried':>11} {'passed':>7}")
+    write(f"{'front end':<10} {'category':<18} {'cases tried':>11} {'passed':>7}")
     order = sorted(TALLY, key=lambda c: CATEGORIES.index(c) if c in CATEGORIES else 99)
     for category in order:
         tried, passed = TALLY[category]
-        write(f"{category:<16} {tried:>11} {passed:>7}")
-    write(f"{'total':<16} {sum(v[0] for v in TALLY.values()):>11} {sum(v[1] for v in TALLY.values()):>7}")
+        front, name = ("ray", category[4:]) if category.startswith("ray ") else ("torchserve", category)
+        write(f"{front:<10} {name:<18} {tried:>11} {passed:>7}")
+    write(f"{'total':<29} {sum(v[0] for v in TALLY.values()):>11} {sum(v[1] for v in TALLY.values()):>7}")
     for line in FIGURES:
         write(line)
 
@@ -166,3 +170,25 @@ def open_server(tmp_path_factory, shared_store):
 
 def bearer(key: str) -> dict:
     return {"Authorization": f"Bearer {key}"}
+
+
+RAY_BODY_SECONDS = 5   # the Ray server's --body-timeout: a stalled upload is answered 408 and closed after it
+
+
+@pytest.fixture(scope="package")
+def ray_reliability_server(tmp_path_factory, shared_store):
+    """The demo model on Ray Serve (``--frontend ray``): one replica, bound to 0.0.0.0 (the inference key on;
+    requests still go to 127.0.0.1), uploads cut after RAY_BODY_SECONDS. Its own Ray head, started once for the
+    Ray categories; its last test stops it with ``--stop``."""
+    pytest.importorskip("ray")
+    home = tmp_path_factory.mktemp("rel-ray")
+    server, _ = launch(home, shared_store, ["--demo", "--model-name", DEMO, "--frontend", "ray", "--workers", "1",
+                                            "-h", "0.0.0.0", "--body-timeout", RAY_BODY_SECONDS])
+    server.state = lambda: __import__("json").loads((server.run_dir / "state.json").read_text())
+    server.key = __import__("json").loads((server.run_dir / "key_file.json").read_text())["inference"]["key"]
+    print(f"\n[reliability] Ray server up in {server.start_seconds:.1f} s")
+    try:
+        yield server
+    finally:
+        if not server.state().get("stopped_at"):
+            server.stop()

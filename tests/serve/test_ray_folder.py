@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import os
 import re
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -54,20 +55,21 @@ def test_a_run_directory_of_any_length_gets_a_folder_rays_sockets_fit(tmp_path, 
     folder = ray_folder(RunPaths(run_dir))
     try:
         assert len(os.fsencode(folder)) + longest_socket_suffix() <= 107, folder
-        if folder != run_dir / "ray":   # a folder of its own, private
-            assert folder.is_dir() and folder.stat().st_mode & 0o777 == 0o700
+        if folder != run_dir / "ray" / "r":   # inside a folder of its own, private (start_head makes RUN/ray so)
+            assert folder.parent.is_dir() and folder.parent.stat().st_mode & 0o777 == 0o700
     finally:
-        if folder != run_dir / "ray":
-            folder.rmdir()
+        if folder != run_dir / "ray" / "r":
+            folder.parent.rmdir()
 
 
 def test_a_short_temp_folder_holds_the_fallback_folder(monkeypatch):
-    short = Path(tempfile.mkdtemp(prefix="", dir="/tmp"))   # /tmp/XXXXXXXX: room for intgrads-ray-XXXXXXXX
+    short = Path("/tmp") / secrets.token_hex(3)   # /tmp/XXXXXX: room for intgrads-ray-XXXXXXXX/r
+    short.mkdir(mode=0o700)
     try:
         monkeypatch.setenv("TMPDIR", str(short))
         monkeypatch.setattr(tempfile, "tempdir", None)
         folder = ray_folder(RunPaths(Path("/" + "r" * 60)))
-        assert folder.parent == short and len(os.fsencode(folder)) + longest_socket_suffix() <= 107
+        assert folder.parent.parent == short and len(os.fsencode(folder)) + longest_socket_suffix() <= 107
     finally:
         shutil.rmtree(short)
 
