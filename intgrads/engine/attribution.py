@@ -123,7 +123,7 @@ def _substituted(bundle, value):
     """Within the block, the attributed layer returns ``value`` (batch-first) without computing."""
     layer = bundle.layer
     inside = value.transpose(0, 1) if bundle.sequence_first else value
-    layer.forward = lambda *args, **kwargs: inside
+    layer.forward = lambda *args, **kwargs: inside.clone()   # a copy: some models (XLM) change it in place
     try:
         yield
     finally:
@@ -162,7 +162,7 @@ def _layer_values(bundle, batch, options):
         return words.transpose(0, 1) if bundle.sequence_first else words
 
     def capture(module, args, output):
-        captured["value"] = (output.transpose(0, 1) if bundle.sequence_first else output).detach()
+        captured["value"] = (output.transpose(0, 1) if bundle.sequence_first else output).detach().clone()
 
     with torch.no_grad(), _hooked(bundle.word_embedding, replace_words), _hooked(bundle.layer, capture), \
             computing_in(options.precision, ids.device):
