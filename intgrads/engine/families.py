@@ -175,7 +175,32 @@ def is_sequence_first(model: nn.Module) -> bool:
 
 
 # Model types AutoModelForSequenceClassification maps that the engine refuses at load, and why (docs/models.md).
-REFUSED_TYPES: dict[str, str] = {}
+_DOCUMENT = "a document model: it needs "
+_UNVERIFIED = "not verified against captum yet: "
+_VISION = _UNVERIFIED + "a vision-language model (its classifier wraps a vision tower), not tried on text alone"
+REFUSED_TYPES: dict[str, str] = {
+    "canine": "character-level: it hashes code points through several tables; there is no word-embedding table "
+              "whose vectors a baseline could replace",
+    "ibert": "its quantisation-aware embeddings return (value, scale) pairs, not word vectors",
+    "layoutlmv2": _DOCUMENT + "page images and the detectron2 visual backbone",
+    "layoutlmv3": _DOCUMENT + "bounding boxes and page images",
+    "lilt": _DOCUMENT + "a bounding box for every token",
+    "tapas": "a table model: it needs its table tokenizer's seven token-type ids per token",
+    "perceiver": "its input embeddings are a latent array, not a token table (text enters through a byte "
+                 "preprocessor)",
+    "yoso": "its attention's backward pass is an approximation (a custom autograd function), so its gradients do "
+            "not integrate to the change of the logit",
+    "reformer": _UNVERIFIED + "reversible layers recompute activations in the backward pass, and axial position "
+                              "embeddings fix the input's shape",
+    "deepseek_v3": _UNVERIFIED + "no small offline configuration of its latent attention was found",
+    "axk1": _UNVERIFIED + "no small offline configuration of its latent attention was found",
+    "axk2": _UNVERIFIED + "no small offline configuration of its latent attention was found",
+    "cohere_compass_text": _UNVERIFIED + "no small offline configuration was found",
+    "zamba": _UNVERIFIED + "no small offline configuration of its hybrid Mamba layout was found",
+    "zamba2": _UNVERIFIED + "no small offline configuration of its hybrid Mamba layout was found",
+    "t5gemma": _UNVERIFIED + "no small offline configuration of its separate encoder and decoder was found",
+    "gemma3": _VISION, "modernvbert": _VISION, "qwen3_5": _VISION, "t5gemma2": _VISION, "ultravbert": _VISION,
+}
 
 CAUSAL_LM_SUFFIXES = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
 

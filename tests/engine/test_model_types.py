@@ -10,8 +10,6 @@ input-embedding table, or an encoder-decoder's encoder ``embed_tokens``), and ca
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
 from torch import nn
@@ -25,7 +23,7 @@ SENTENCE = "the movie was good but the ending felt rushed."
 N_STEPS, TARGET = 5, 1
 TYPES = sorted(MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES)
 MUST_ANSWER = ("gpt2", "gpt_neo", "openai-gpt", "xlm", "t5", "bart", "mbart", "mt5", "longformer")
-TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+KEPT_IDS = 2000
 H = 64
 COMMON = dict(
     hidden_size=H, d_model=H, n_embd=H, dim=H, embed_dim=H, n_embed=H, emb_dim=H, embedding_size=H,
@@ -41,9 +39,13 @@ COMMON = dict(
     kv_lora_rank=16, q_lora_rank=16, rotary_dim=8, head_dim=16)
 OVERRIDES = {   # what a type needs beyond COMMON (None: drop the key)
     "falcon": dict(head_dim=None),
+    "luke": dict(entity_vocab_size=8, entity_emb_size=H),
+    "rembert": dict(input_embedding_size=H, output_embedding_size=H),
     "funnel": dict(num_hidden_layers=None, block_sizes=[1, 1], d_head=16),
     "gpt_neo": dict(attention_types=[[["global", "local"], 1]]),
     "jamba": dict(attn_layer_period=1, attn_layer_offset=0),
+    "qwen3_next": dict(layer_types=["linear_attention", "full_attention"]),
+    "qwen3_5_text": dict(layer_types=["linear_attention", "full_attention"]),
     "xlnet": dict(max_position_embeddings=None),
     "squeezebert": dict(embedding_size=H),
     "mobilebert": dict(initializer_range=0.05),
@@ -67,15 +69,27 @@ def _config(model_type, vocab_size):
 
 @pytest.fixture(scope="module")
 def tokenizer_dir(minilm_dir, tmp_path_factory):
-    directory = tmp_path_factory.mktemp("minilm-tokenizer")
-    for name in TOKENIZER_FILES:
-        shutil.copy(minilm_dir / name, directory / name)
+    """The MiniLM WordPiece tokenizer cut to its first KEPT_IDS ids (specials, characters, frequent words) plus
+    the words of the sentences: same ids, a small vocabulary, so a tiny model's embedding table is small."""
+    from transformers import BertTokenizerFast
+
+    directory = tmp_path_factory.mktemp("minilm-small-tokenizer")
+    lines = (minilm_dir / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    kept = lines[:KEPT_IDS] + sorted({word for word in SENTENCE.replace(".", " ").split() + ["movie"]}
+                                     - set(lines[:KEPT_IDS]))
+    (directory / "vocab.txt").write_text("\n".join(kept) + "\n", encoding="utf-8")
+    BertTokenizerFast(vocab=str(directory / "vocab.txt"), do_lower_case=True).save_pretrained(str(directory))
     return directory
 
 
 @pytest.fixture(scope="module")
-def tokenizer(bert_tokenizer):
-    return bert_tokenizer
+def tokenizer(tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
+    tokens = tokenizer.convert_ids_to_tokens(tokenizer(SENTENCE)["input_ids"])
+    assert tokens[:3] == ["[CLS]", "the", "movie"] and "[UNK]" not in tokens and tokens[-1] == "[SEP]"
+    return tokenizer
 
 
 def _words_module(model):
