@@ -178,3 +178,80 @@ def test_model_type_answers_as_captum_or_is_refused(model_type, tokenizer, token
     assert scale > 1e-3, "the comparison must not be vacuous"
     assert answer["integrated_gradients"].shape == expected.shape
     assert float((answer["integrated_gradients"] - expected).abs().max()) <= 1e-4 * scale
+
+
+# ----------------------------------------------------------------------------- refusals the self-check makes
+
+
+def _tiny(model_type, tokenizer, seed=0):
+    torch.manual_seed(seed)
+    return AutoModelForSequenceClassification.from_config(_config(model_type, len(tokenizer))).eval()
+
+
+def test_causal_language_model_checkpoint_is_refused(tokenizer, tokenizer_dir, tmp_path):
+    """A causal LM's folder would load as a classifier with a random ``score`` head: refused, saying what it is."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(_config("llama", len(tokenizer))).save_pretrained(str(tmp_path))
+    with pytest.raises(ValueError, match=r"is a causal language model checkpoint \(llama, LlamaForCausalLM\) "
+                                         r"without a classification head: its files lack score\.weight"):
+        intgrads.load_model("hf", str(tmp_path), tokenizer=str(tokenizer_dir))
+
+
+def test_base_model_checkpoint_is_refused(tokenizer, tokenizer_dir, tmp_path):
+    from transformers import AutoModel
+
+    torch.manual_seed(0)
+    AutoModel.from_config(_config("bert", len(tokenizer))).save_pretrained(str(tmp_path))
+    with pytest.raises(ValueError, match=r"is a bert checkpoint \(BertModel\) without a complete classification "
+                                         r"head: its files lack classifier\.bias, classifier\.weight"):
+        intgrads.load_model("hf", str(tmp_path), tokenizer=str(tokenizer_dir))
+
+
+def test_a_layer_that_runs_twice_is_refused(tokenizer, tokenizer_dir):
+    """GPT-2 embeds the token types with its word table: that table runs twice per forward, so it cannot be the
+    attributed layer (the engine's former choice, with wrong numbers)."""
+    model = _tiny("gpt2", tokenizer)
+    with pytest.raises(ValueError, match=r"gpt2 model: its attributed layer transformer\.wte runs 2 times per "
+                                         r"forward \(it must run exactly once\)"):
+        intgrads.load_model(model=model, tokenizer=tokenizer, layer="transformer.wte")
+
+
+def test_a_layer_beside_the_words_is_refused(tokenizer):
+    """A layer the word vectors do not reach (BERT's token-type table) has the same value at the input and the
+    baseline: substituting it cannot reproduce the logits at the baseline, and the self-check says so."""
+    model = _tiny("bert", tokenizer)
+    with pytest.raises(ValueError, match=r"bert model: substituting the attributed layer "
+                                         r"bert\.embeddings\.token_type_embeddings does not reproduce the logits"):
+        intgrads.load_model(model=model, tokenizer=tokenizer, layer="bert.embeddings.token_type_embeddings")
+
+
+# ----------------------------------------------------------------------------- a model already in memory
+
+
+def test_a_model_in_memory_answers_as_captum(tokenizer, tmp_path):
+    """load_model(model=..., tokenizer=...): family "hf" implied, the same self-check, the same numbers."""
+    model = _tiny("bart", tokenizer)
+    model.save_pretrained(str(tmp_path))
+    bundle = intgrads.load_model(model=model, tokenizer=tokenizer)
+    assert (bundle.family, bundle.layout, bundle.layer_name) == ("hf", "hf", "model.encoder.embed_tokens")
+    assert bundle.model is model and not model.training
+    assert not any(parameter.requires_grad for parameter in model.parameters())
+    answer = intgrads.attribute(bundle, SENTENCE, target=TARGET, n_steps=N_STEPS)
+    expected, own = _captum(tmp_path, tokenizer, bundle.layer_name)
+    torch.testing.assert_close(answer["logits"], own, rtol=0, atol=1e-5 * (1 + float(own.abs().max())))
+    assert float((answer["integrated_gradients"] - expected).abs().max()) <= 1e-4 * float(expected.abs().max())
+
+
+def test_a_model_in_memory_needs_its_tokenizer_and_no_files(tokenizer):
+    model = _tiny("bert", tokenizer)
+    with pytest.raises(ValueError, match="needs tokenizer="):
+        intgrads.load_model(model=model)
+    with pytest.raises(ValueError, match="no family other than 'hf', no weights and no config"):
+        intgrads.load_model("bert", "weights.pth", model=model, tokenizer=tokenizer)
+    refused = AutoModelForSequenceClassification.from_config(CONFIG_MAPPING["yoso"](
+        **{key: COMMON[key] for key in ("hidden_size", "num_hidden_layers", "num_attention_heads",
+                                        "intermediate_size")}, vocab_size=len(tokenizer)))
+    with pytest.raises(ValueError, match="model type 'yoso' is refused: its attention's backward pass"):
+        intgrads.load_model(model=refused, tokenizer=tokenizer)
