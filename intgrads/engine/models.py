@@ -58,8 +58,9 @@ def load_model(family: str | None = None, weights=None, *, config=None, tokenize
     (``weights`` is a ``save_pretrained`` directory). ``config`` (config.json or directory) overrides
     the family's built-in shape; ``tokenizer`` is a directory (read offline), a hub name or a tokenizer object;
     ``layer`` is a dotted module path overriding the attributed layer. ``model``: a sequence classifier already
-    in memory (family "hf" implied, no ``weights``; ``tokenizer`` required); it is put in eval mode, its
-    parameters stop requiring gradients, and it moves to ``device``.
+    in memory (family "hf" implied, no ``weights``; ``tokenizer`` required; float32 weights); it is put in eval
+    mode, its parameters stop requiring gradients, and it moves to ``device``. An "hf" folder loads in float32
+    whatever dtype its weights were saved in.
     A model the engine cannot attribute correctly raises ``ValueError`` naming its type and what did not hold.
     """
     device = _check_device(device)
@@ -70,6 +71,10 @@ def load_model(family: str | None = None, weights=None, *, config=None, tokenize
         if tokenizer is None:
             raise ValueError("load_model(model=...) needs tokenizer= (the model's tokenizer object or directory)")
         families.check_supported_type(getattr(model, "config", None), f"the {type(model).__name__} given")
+        dtype = next(model.parameters()).dtype
+        if dtype != torch.float32:
+            raise ValueError(f"the {type(model).__name__} given holds {dtype} weights: give it in float32 "
+                             "(model.float()); precision='bfloat16' or 'float16' runs its passes in those under autocast")
         family, layout, tokenizer_source, source = "hf", "hf", tokenizer, f"{type(model).__name__} (in memory)"
     elif family not in families.FAMILIES:
         raise ValueError(f"family must be one of {', '.join(families.FAMILIES)}; got {family!r}")
@@ -151,7 +156,7 @@ def _load_hf(directory, config):
                                                local_files_only=True)
     families.check_supported_type(loaded_config, str(directory))
     model, info = AutoModelForSequenceClassification.from_pretrained(
-        str(directory), config=loaded_config, local_files_only=True, output_loading_info=True)
+        str(directory), config=loaded_config, local_files_only=True, output_loading_info=True, dtype=torch.float32)
     families.check_head_loaded(model, info.get("missing_keys", ()), loaded_config, str(directory))
     return model
 

@@ -114,11 +114,12 @@ def _documented_layer(model):
     return next(name for name, module in model.named_modules() if module is words)
 
 
-def _captum(directory, tokenizer, layer_name):
+def _captum(directory, tokenizer, layer_name, **loading):
     """captum LayerIntegratedGradients on ``layer_name`` of the folder read with plain transformers."""
     from captum.attr import LayerIntegratedGradients
 
-    model = AutoModelForSequenceClassification.from_pretrained(str(directory), local_files_only=True).eval()
+    model = AutoModelForSequenceClassification.from_pretrained(str(directory), local_files_only=True,
+                                                               **loading).eval()
     accepted = set(__import__("inspect").signature(model.forward).parameters)
     encoded = tokenizer([SENTENCE], return_tensors="pt")
     names = [name for name in ("input_ids", "attention_mask", "token_type_ids") if name in encoded and name in accepted]
@@ -255,3 +256,28 @@ def test_a_model_in_memory_needs_its_tokenizer_and_no_files(tokenizer):
                                         "intermediate_size")}, vocab_size=len(tokenizer)))
     with pytest.raises(ValueError, match="model type 'yoso' is refused: its attention's backward pass"):
         intgrads.load_model(model=refused, tokenizer=tokenizer)
+
+
+def test_a_model_without_attention_mask_gets_no_padding(tokenizer):
+    """FNet's forward takes no attention mask: sentences of different lengths run apart, each as it runs alone."""
+    bundle = intgrads.load_model(model=_tiny("fnet", tokenizer), tokenizer=tokenizer)
+    assert "attention_mask" not in bundle.input_names
+    sentences = [SENTENCE, "a good movie"]
+    together = intgrads.attribute(bundle, sentences, n_steps=N_STEPS)
+    for sentence, answer in zip(sentences, together):
+        alone = intgrads.attribute(bundle, sentence, n_steps=N_STEPS)
+        assert torch.equal(answer["integrated_gradients"], alone["integrated_gradients"])
+
+
+def test_a_bfloat16_checkpoint_loads_in_float32(tokenizer, tokenizer_dir, tmp_path):
+    """transformers 5 loads a checkpoint in its saved dtype; the engine loads it in float32 (its substituted layer
+    values are float32), and a bfloat16 model in memory is refused with what to do."""
+    model = _tiny("llama", tokenizer).to(torch.bfloat16)
+    model.save_pretrained(str(tmp_path))
+    bundle = intgrads.load_model("hf", str(tmp_path), tokenizer=str(tokenizer_dir))
+    assert bundle.model.dtype == torch.float32
+    answer = intgrads.attribute(bundle, SENTENCE, target=TARGET, n_steps=N_STEPS)
+    expected, _ = _captum(tmp_path, tokenizer, bundle.layer_name, dtype=torch.float32)
+    assert float((answer["integrated_gradients"] - expected).abs().max()) <= 1e-4 * float(expected.abs().max())
+    with pytest.raises(ValueError, match=r"holds torch\.bfloat16 weights: give it in float32 \(model\.float\(\)\)"):
+        intgrads.load_model(model=model, tokenizer=tokenizer)
