@@ -93,8 +93,9 @@ def _device_of(model):
     return next(model.parameters()).device
 
 
-def count_calls(bundle, encoded) -> tuple[int, int]:
-    """(attributed layer's calls, words module's calls) in one forward on ``encoded``."""
+def count_calls(bundle, encoded) -> tuple[int, int, torch.Tensor]:
+    """(attributed layer's calls, words module's calls, the model's own float32 logits) in one forward on
+    ``encoded``."""
     counts = [0, 0]
 
     def counter(index):
@@ -105,11 +106,11 @@ def count_calls(bundle, encoded) -> tuple[int, int]:
     handles = [bundle.layer.register_forward_hook(counter(0)), bundle.word_embedding.register_forward_hook(counter(1))]
     try:
         with torch.no_grad():
-            bundle.model(**encoded)
+            logits = bundle.model(**encoded).logits.float()
     finally:
         for handle in handles:
             handle.remove()
-    return counts[0], counts[1]
+    return counts[0], counts[1], logits
 
 
 def self_check(bundle) -> None:
@@ -122,14 +123,12 @@ def self_check(bundle) -> None:
         length = len(tokenizer(PROBE_SENTENCE)["input_ids"])
         batch = attribution._encode(bundle, [PROBE_SENTENCE], [length], length)
         encoded = attribution._model_inputs(batch)
-        layer_calls, word_calls = count_calls(bundle, encoded)
+        layer_calls, word_calls, own = count_calls(bundle, encoded)
         if layer_calls != 1:
             raise ModelCheckError(f"{name}: its attributed layer {bundle.layer_name} runs {layer_calls} times per "
                                   "forward (it must run exactly once)")
         if word_calls <= bundle.word_call:
             raise ModelCheckError(f"{name}: its word embedding runs {word_calls} times per forward, not on the input")
-        with torch.no_grad():
-            own = bundle.model(**encoded).logits.float()
         options = types.SimpleNamespace(baseline="zero", keep_special_tokens=False, precision="float32",
                                         internal_batch_size=None)
         x, b, logits_x, logits_b = attribution._layer_values(bundle, batch, options)
