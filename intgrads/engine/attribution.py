@@ -73,7 +73,8 @@ def attribute(bundle, sequence_or_list, *, target=1, n_steps=50, method="gaussle
         raise ValueError(f"chunk_tokens must be a positive integer or None; got {chunk_tokens!r}")
     answers = [None] * len(sentences)
     with bundle.lock:  # the layer substitution must not interleave with another thread's call
-        for bucket in length_buckets([min(length, options.max_tokens) for length in full_lengths]):
+        for bucket in length_buckets([min(length, options.max_tokens) for length in full_lengths],
+                                     exact="attention_mask" not in bundle.input_names):
             batch = _encode(bundle, [sentences[i] for i in bucket], [full_lengths[i] for i in bucket],
                             options.max_tokens)
             bucket_answers = _attribute_batch(bundle, batch, _chunked(options, batch, chunk_tokens), deadline,
@@ -93,7 +94,7 @@ def _chunked(options, batch, chunk_tokens):
 def _encode(bundle, sentences, full_lengths, max_tokens):
     tokenizer = bundle.tokenizer
     encoded = tokenizer(sentences, padding=True, truncation=True, max_length=max_tokens, return_tensors="pt",
-                        return_token_type_ids=True, return_special_tokens_mask=True)
+                        return_token_type_ids=bundle.accepts_token_types, return_special_tokens_mask=True)
     device = bundle.device
     mask = encoded["attention_mask"].to(device)
     batch = {
@@ -102,6 +103,7 @@ def _encode(bundle, sentences, full_lengths, max_tokens):
         "special": encoded["special_tokens_mask"].to(device).bool() & mask.bool(),
         "truncated": [length > max_tokens for length in full_lengths],
         "full_lengths": full_lengths,
+        "feed": tuple(name for name in bundle.input_names if name in encoded),   # what the model is given
     }
     if bundle.accepts_token_types:
         batch["token_type_ids"] = encoded["token_type_ids"].to(device)
@@ -122,7 +124,7 @@ def _substituted(bundle, value):
     """Within the block, the attributed layer returns ``value`` (batch-first) without computing."""
     layer = bundle.layer
     inside = value.transpose(0, 1) if bundle.sequence_first else value
-    layer.forward = lambda *args, **kwargs: inside
+    layer.forward = lambda *args, **kwargs: inside.clone()   # a copy: some models (XLM) change it in place
     try:
         yield
     finally:
@@ -130,9 +132,8 @@ def _substituted(bundle, value):
 
 
 def _model_inputs(batch, rows=None, repeat=1):
-    keys = ("input_ids", "attention_mask", "token_type_ids")
     out = {}
-    for key in keys:
+    for key in batch["feed"]:
         if key in batch:
             value = batch[key].repeat_interleave(repeat, dim=0) if repeat > 1 else batch[key]
             out[key] = value if rows is None else value[rows]
@@ -147,23 +148,41 @@ def _layer_values(bundle, batch, options):
     captured = {}
     vector = baseline_word_vector(bundle, options.baseline)
 
+    calls = [0]
+
     def replace_words(module, args, output):
+        calls[0] += 1
+        if calls[0] != bundle.word_call + 1:   # another call of the same table (e.g. token types): untouched
+            return output
         keep = ~batch["attention_mask"].bool()
         if options.keep_special_tokens:
             keep |= batch["special"]
         words = output.transpose(0, 1) if bundle.sequence_first else output
         words = words.clone()
-        words[n:] = baseline_word_vectors(vector, words[:n], keep)
+        words[n:] = baseline_word_vectors(vector, words[:n], _fit(keep, words.shape[1]))
         return words.transpose(0, 1) if bundle.sequence_first else words
 
     def capture(module, args, output):
-        captured["value"] = (output.transpose(0, 1) if bundle.sequence_first else output).detach()
+        captured["value"] = (output.transpose(0, 1) if bundle.sequence_first else output).detach().clone()
 
     with torch.no_grad(), _hooked(bundle.word_embedding, replace_words), _hooked(bundle.layer, capture), \
             computing_in(options.precision, ids.device):
         logits = bundle.model(**model_inputs).logits.float()
     value = captured["value"].float()
+    length = ids.shape[1]
+    if value.shape[1] > length:
+        # the model padded its input inside forward (e.g. Longformer, to a multiple of its attention window):
+        # the padding tail is the same at x and b and masked out of every real token; it rides along unchanged
+        batch["tail"] = captured["value"][:n, length:]
+        value = value[:, :length]
     return value[:n], value[n:], logits[:n], logits[n:]
+
+
+def _fit(keep, length):
+    """``keep`` (B, L) extended with True to ``length`` positions (padding a model added inside forward)."""
+    if keep.shape[1] >= length:
+        return keep
+    return torch.cat([keep, keep.new_ones((keep.shape[0], length - keep.shape[1]))], dim=1)
 
 
 def _attribute_batch(bundle, batch, options, deadline=None, endpoints=False, idgi=False):
@@ -204,7 +223,8 @@ def _gradients_at(bundle, batch, options, x, b, targets, row_sentence, row_alpha
         owner = row_sentence[rows]
         with torch.enable_grad():
             z = (b[owner] + row_alpha[rows].view(-1, 1, 1) * (x[owner] - b[owner])).requires_grad_()
-            with _substituted(bundle, z), computing_in(options.precision, z.device):
+            whole = torch.cat([z, batch["tail"][owner].to(z.dtype)], dim=1) if "tail" in batch else z
+            with _substituted(bundle, whole), computing_in(options.precision, z.device):
                 logits = bundle.model(**_model_inputs(batch, owner)).logits
             chosen = logits.gather(1, targets[owner].view(-1, 1))
             (grads[rows],) = torch.autograd.grad(chosen.sum(), z)

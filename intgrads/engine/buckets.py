@@ -8,7 +8,8 @@ bucket when the next sentence would break
 
 so padding costs at most ~25% of a bucket's work (plus a few tokens for very short sentences). The attention
 mask keeps padding out of every real token's value: an answer depends on its bucket only through float
-rounding (1e-5).
+rounding (1e-5). A model whose forward takes no attention mask (FNet) gets buckets of equal length only
+(``exact``): no padding at all.
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ PAD_RATIO = 1.25
 PAD_SLACK = 4
 
 
-def length_buckets(lengths) -> list[list[int]]:
-    """Indices into ``lengths``, grouped into buckets of similar length (shortest first; stable within ties)."""
+def length_buckets(lengths, exact: bool = False) -> list[list[int]]:
+    """Indices into ``lengths``, grouped into buckets of similar length (shortest first; stable within ties);
+    ``exact``: of equal length."""
     order = sorted(range(len(lengths)), key=lambda index: lengths[index])
     buckets: list[list[int]] = []
     for index in order:
-        if buckets and lengths[index] <= PAD_RATIO * lengths[buckets[-1][0]] + PAD_SLACK:
+        if buckets and (lengths[index] == lengths[buckets[-1][0]] if exact else
+                        lengths[index] <= PAD_RATIO * lengths[buckets[-1][0]] + PAD_SLACK):
             buckets[-1].append(index)
         else:
             buckets.append([index])

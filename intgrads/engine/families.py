@@ -10,7 +10,10 @@
 
 Attributed layer: the embeddings module's output for BERT-like models (word + position +
 token type, after LayerNorm), the word-embedding output for XLNet (sequence-first inside the
-model, reported batch-first).
+model, reported batch-first). For "hf" models, in this order: the module of ``EMBEDDING_SUM_LAYERS`` for
+model types that embed token types with the word table (word + position + token type, once per forward);
+``<base>.embeddings`` where the model has such a module; else the word-embedding call on the input ids
+(decoder-only models; an encoder-decoder's encoder ``embed_tokens``). docs/models.md lists them per type.
 """
 
 from __future__ import annotations
@@ -50,6 +53,15 @@ FAMILY_CONFIGS = {
 }
 DEFAULT_TOKENIZERS = {"bert": "bert-base-uncased", "xlnet-base": "xlnet-base-cased",
                       "xlnet-large": "xlnet-large-cased"}
+
+# Model types whose forward embeds token_type_ids with the word table itself (a second call of the same module):
+# the word table runs twice, so the attributed layer is the first module after the sum word + position +
+# token type, which runs once per forward.
+EMBEDDING_SUM_LAYERS = {
+    "gpt2": "transformer.drop", "gpt_neo": "transformer.drop", "openai-gpt": "transformer.drop",
+    "gpt_bigcode": "transformer.drop", "ctrl": "transformer.dropout",
+    "xlm": "transformer.layer_norm_emb", "flaubert": "transformer.layer_norm_emb",
+}
 
 LEGACY_NORM_SUFFIXES = (".gamma", ".beta")
 # Buffers some older checkpoints saved; they are recomputed identically by the model.
@@ -128,14 +140,19 @@ class LegacyBertForSequenceClassification(nn.Module):
         return SequenceClassifierOutput(logits=self.classifier(self.dropout(hidden[:, 0])))
 
 
-def default_layer_name(model: nn.Module) -> str:
-    """The family's attributed layer: ``<base>.embeddings`` when the model has one, else the
-    word-embedding module (XLNet: ``transformer.word_embedding``)."""
+def default_layer_name(model: nn.Module, words: nn.Module | None = None) -> str:
+    """The attributed layer: the model type's ``EMBEDDING_SUM_LAYERS`` entry, else ``<base>.embeddings`` when
+    the model has such a module (not a bare embedding table), else ``words``, the module that embeds the input
+    ids (default: ``get_input_embeddings()``; XLNet: ``transformer.word_embedding``)."""
+    summed = EMBEDDING_SUM_LAYERS.get(getattr(model.config, "model_type", ""))
+    if summed is not None:
+        return summed
     prefix = getattr(model, "base_model_prefix", "")
     base = getattr(model, prefix, None) if prefix else None
-    if base is not None and isinstance(getattr(base, "embeddings", None), nn.Module):
+    embeddings = getattr(base, "embeddings", None) if base is not None else None
+    if isinstance(embeddings, nn.Module) and not isinstance(embeddings, nn.Embedding):
         return f"{prefix}.embeddings"
-    return module_name(model, model.get_input_embeddings())
+    return module_name(model, words if words is not None else model.get_input_embeddings())
 
 
 def module_name(model: nn.Module, module: nn.Module) -> str:
@@ -155,3 +172,60 @@ def resolve_layer(model: nn.Module, name: str) -> nn.Module:
 def is_sequence_first(model: nn.Module) -> bool:
     """XLNet runs sequence-first (seq, batch, hidden) inside its transformer."""
     return getattr(model.config, "model_type", "") == "xlnet"
+
+
+# Model types AutoModelForSequenceClassification maps that the engine refuses at load, and why (docs/models.md).
+_DOCUMENT = "a document model: it needs "
+_UNVERIFIED = "not verified against captum yet: "
+_VISION = _UNVERIFIED + "a vision-language model (its classifier wraps a vision tower), not tried on text alone"
+REFUSED_TYPES: dict[str, str] = {
+    "canine": "character-level: it hashes code points through several tables; there is no word-embedding table "
+              "whose vectors a baseline could replace",
+    "ibert": "its quantisation-aware embeddings return (value, scale) pairs, not word vectors",
+    "layoutlmv2": _DOCUMENT + "page images and the detectron2 visual backbone",
+    "layoutlmv3": _DOCUMENT + "bounding boxes and page images",
+    "lilt": _DOCUMENT + "a bounding box for every token",
+    "tapas": "a table model: it needs its table tokenizer's seven token-type ids per token",
+    "perceiver": "its input embeddings are a latent array, not a token table (text enters through a byte "
+                 "preprocessor)",
+    "yoso": "its attention's backward pass is an approximation (a custom autograd function), so its gradients do "
+            "not integrate to the change of the logit",
+    "reformer": _UNVERIFIED + "reversible layers recompute activations in the backward pass, and axial position "
+                              "embeddings fix the input's shape",
+    "deepseek_v3": _UNVERIFIED + "no small offline configuration of its latent attention was found",
+    "axk1": _UNVERIFIED + "no small offline configuration of its latent attention was found",
+    "axk2": _UNVERIFIED + "no small offline configuration of its latent attention was found",
+    "cohere_compass_text": _UNVERIFIED + "no small offline configuration was found",
+    "zamba": _UNVERIFIED + "no small offline configuration of its hybrid Mamba layout was found",
+    "zamba2": _UNVERIFIED + "no small offline configuration of its hybrid Mamba layout was found",
+    "t5gemma": _UNVERIFIED + "no small offline configuration of its separate encoder and decoder was found",
+    "gemma3": _VISION, "modernvbert": _VISION, "qwen3_5": _VISION, "t5gemma2": _VISION, "ultravbert": _VISION,
+}
+
+CAUSAL_LM_SUFFIXES = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
+
+
+def check_supported_type(config, source: str) -> None:
+    """Refuse a model type of ``REFUSED_TYPES`` before anything is built."""
+    model_type = getattr(config, "model_type", "")
+    if model_type in REFUSED_TYPES:
+        raise ValueError(f"{source}: model type {model_type!r} is refused: {REFUSED_TYPES[model_type]}")
+
+
+def check_head_loaded(model, missing, config, source: str) -> None:
+    """Refuse a checkpoint whose files lack weights of the classifier (transformers would initialise them at
+    random and only log it): a causal language model's folder, a base model's, a head of another shape."""
+    missing = sorted(missing)
+    if not missing:
+        return
+    architectures = list(getattr(config, "architectures", None) or [])
+    model_type = getattr(config, "model_type", type(model).__name__)
+    named = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+    if any(name.endswith(CAUSAL_LM_SUFFIXES) for name in architectures):
+        raise ValueError(f"{source} is a causal language model checkpoint ({model_type}, {architectures[0]}) without "
+                         f"a classification head: its files lack {named}, which would be random numbers. Load it as "
+                         "a causal language model, or give the directory of a fine-tuned sequence classifier")
+    saved = f" ({architectures[0]})" if architectures else ""
+    raise ValueError(f"{source} is a {model_type} checkpoint{saved} without a complete classification head: its files "
+                     f"lack {named}, which would be random numbers. Give the save_pretrained directory of a "
+                     "fine-tuned sequence classifier")

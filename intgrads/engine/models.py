@@ -12,7 +12,7 @@ from torch import nn
 from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, BertForSequenceClassification,
                           BertTokenizer, XLNetForSequenceClassification, XLNetTokenizer)
 
-from . import families
+from . import families, probe
 from .weights import check_keys, read_state_dict
 
 PROBE_WORDS = ("the", "good", "movie")
@@ -35,6 +35,8 @@ class ModelBundle:
     source: str = ""
     label_names: list = field(default_factory=list)
     activation: str | None = None   # the feed-forward activation that runs (config name, e.g. "gelu_new")
+    input_names: tuple = ("input_ids", "attention_mask")   # the tokenizer's outputs the model is fed
+    word_call: int = 0     # which call of word_embedding in one forward embeds the input ids
     # attribute() substitutes the layer's output inside the model while it runs: one call at a time
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -54,38 +56,74 @@ class ModelBundle:
         return int(value) if value and value > 0 else None
 
 
-def load_model(family: str, weights, *, config=None, tokenizer=None, device="cpu", layer: str | None = None) -> ModelBundle:
-    """Load a sequence classifier for attribution.
+def load_model(family: str | None = None, weights=None, *, config=None, tokenizer=None, device="cpu",
+               layer: str | None = None, model: nn.Module | None = None) -> ModelBundle:
+    """Load a sequence classifier for attribution, and check that the engine reproduces it (:mod:`.probe`).
 
     ``family``: "bert" | "xlnet-base" | "xlnet-large" (``weights`` is a state-dict ``.pth``) or "hf"
     (``weights`` is a ``save_pretrained`` directory). ``config`` (config.json or directory) overrides
-    the family's built-in shape; ``tokenizer`` is a directory (read offline) or a hub name;
-    ``layer`` is a dotted module path overriding the family's attributed layer.
+    the family's built-in shape; ``tokenizer`` is a directory (read offline), a hub name or a tokenizer object;
+    ``layer`` is a dotted module path overriding the attributed layer. ``model``: a sequence classifier already
+    in memory (family "hf" implied, no ``weights``; ``tokenizer`` required; float32 weights); it is put in eval
+    mode, its parameters stop requiring gradients, and it moves to ``device``. An "hf" folder loads in float32
+    whatever dtype its weights were saved in.
+    A model the engine cannot attribute correctly raises ``ValueError`` naming its type and what did not hold.
     """
-    if family not in families.FAMILIES:
-        raise ValueError(f"family must be one of {', '.join(families.FAMILIES)}; got {family!r}")
     device = _check_device(device)
-    if family == "hf":
+    if model is not None:
+        if family not in (None, "hf") or weights is not None or config is not None:
+            raise ValueError("load_model(model=...) takes a model already in memory: give no family other than "
+                             "'hf', no weights and no config")
+        if tokenizer is None:
+            raise ValueError("load_model(model=...) needs tokenizer= (the model's tokenizer object or directory)")
+        families.check_supported_type(getattr(model, "config", None), f"the {type(model).__name__} given")
+        dtype = next(model.parameters()).dtype
+        if dtype != torch.float32:
+            raise ValueError(f"the {type(model).__name__} given holds {dtype} weights: give it in float32 "
+                             "(model.float()); precision='bfloat16' or 'float16' runs its passes in those under autocast")
+        family, layout, tokenizer_source, source = "hf", "hf", tokenizer, f"{type(model).__name__} (in memory)"
+    elif family not in families.FAMILIES:
+        raise ValueError(f"family must be one of {', '.join(families.FAMILIES)}; got {family!r}")
+    elif family == "hf":
         model, layout = _load_hf(weights, config), "hf"
-        tokenizer_source = tokenizer or weights
+        tokenizer_source, source = tokenizer or weights, str(weights)
     else:
         model, layout = _load_state_dict_model(family, weights, config)
-        tokenizer_source = tokenizer or families.DEFAULT_TOKENIZERS[family]
+        tokenizer_source, source = tokenizer or families.DEFAULT_TOKENIZERS[family], str(weights)
     model.eval().to(device)
     for parameter in model.parameters():
         parameter.requires_grad_(False)
-    loaded_tokenizer = load_tokenizer(family, tokenizer_source, model)
-    layer_name = layer or families.default_layer_name(model)
+    if isinstance(tokenizer_source, (str, Path)):
+        loaded_tokenizer = load_tokenizer(family, tokenizer_source, model)
+    else:
+        loaded_tokenizer = tokenizer_source
+        _check_tokenizer(loaded_tokenizer, type(loaded_tokenizer).__name__, model)
+    input_names = _input_names(family, model, loaded_tokenizer)
+    words, word_call = probe.find_words_call(model, loaded_tokenizer, input_names)
+    layer_name = layer or families.default_layer_name(model, words)
     config_labels = getattr(model.config, "id2label", None) or {}
-    return ModelBundle(
+    bundle = ModelBundle(
         model=model, tokenizer=loaded_tokenizer, family=family, layout=layout, layer_name=layer_name,
-        layer=families.resolve_layer(model, layer_name), word_embedding=model.get_input_embeddings(),
+        layer=families.resolve_layer(model, layer_name), word_embedding=words,
         sequence_first=families.is_sequence_first(model), device=device,
-        accepts_token_types="token_type_ids" in inspect.signature(model.forward).parameters,
-        source=str(weights),
+        accepts_token_types="token_type_ids" in input_names, source=source,
         label_names=[str(config_labels.get(i, i)) for i in range(int(model.config.num_labels))],
-        activation=families.activation_of(model),
+        activation=families.activation_of(model), input_names=input_names, word_call=word_call,
     )
+    probe.self_check(bundle)
+    return bundle
+
+
+def _input_names(family: str, model: nn.Module, tokenizer) -> tuple:
+    """What the model is fed: for "hf", what its tokenizer returns (``model_input_names``) and its forward
+    takes; for the state-dict families, ids, mask and token types as the old tool fed them."""
+    parameters = inspect.signature(model.forward).parameters
+    if family == "hf":
+        names = ["input_ids"] + [name for name in getattr(tokenizer, "model_input_names", ())
+                                 if name in ("attention_mask", "token_type_ids")]
+    else:
+        names = ["input_ids", "attention_mask", "token_type_ids"]
+    return tuple(name for name in names if name == "input_ids" or name in parameters)
 
 
 def _check_device(device) -> torch.device:
@@ -120,10 +158,13 @@ def _load_hf(directory, config):
     directory = Path(directory)
     if not (directory / "config.json").is_file():
         raise FileNotFoundError(f"{directory} is not a save_pretrained directory (no config.json)")
-    kwargs = {"local_files_only": True}
-    if config is not None:
-        kwargs["config"] = AutoConfig.from_pretrained(str(config), local_files_only=True)
-    return AutoModelForSequenceClassification.from_pretrained(str(directory), **kwargs)
+    loaded_config = AutoConfig.from_pretrained(str(config if config is not None else directory),
+                                               local_files_only=True)
+    families.check_supported_type(loaded_config, str(directory))
+    model, info = AutoModelForSequenceClassification.from_pretrained(
+        str(directory), config=loaded_config, local_files_only=True, output_loading_info=True, dtype=torch.float32)
+    families.check_head_loaded(model, info.get("missing_keys", ()), loaded_config, str(directory))
+    return model
 
 
 def load_tokenizer(family: str, source, model: nn.Module | None = None):
