@@ -13,6 +13,7 @@ from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTo
                           BertTokenizer, XLNetForSequenceClassification, XLNetTokenizer)
 
 from . import families
+from .causal_models import is_causal_lm_dir, load_causal_lm
 from .weights import check_keys, read_state_dict
 
 PROBE_WORDS = ("the", "good", "movie")
@@ -49,7 +50,7 @@ class ModelBundle:
 
 
 def load_model(family: str, weights, *, config=None, tokenizer=None, device="cpu", layer: str | None = None) -> ModelBundle:
-    """Load a sequence classifier for attribution.
+    """Load a sequence classifier (or, for "hf", a causal LM: :mod:`.causal_models`) for attribution.
 
     ``family``: "bert" | "xlnet-base" | "xlnet-large" (``weights`` is a state-dict ``.pth``) or "hf"
     (``weights`` is a ``save_pretrained`` directory). ``config`` (config.json or directory) overrides
@@ -59,6 +60,8 @@ def load_model(family: str, weights, *, config=None, tokenizer=None, device="cpu
     if family not in families.FAMILIES:
         raise ValueError(f"family must be one of {', '.join(families.FAMILIES)}; got {family!r}")
     device = _check_device(device)
+    if family == "hf" and layer is None and is_causal_lm_dir(weights):   # a causal LM: its own bundle and engine
+        return load_causal_lm(weights, config=config, tokenizer=tokenizer, device=device)
     if family == "hf":
         model, layout = _load_hf(weights, config), "hf"
         tokenizer_source = tokenizer or weights
