@@ -25,7 +25,7 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "attribute": "engine.attribution",
+    "attribute": "engine.attribution", "attribute_lm": "engine.causal_answer",
     "BASELINES": "engine.baselines",
     "FAMILIES": "engine.families",
     "ModelBundle": "engine.models", "load_model": "engine.models",
@@ -38,7 +38,7 @@ _EXPORTS = {
     "OUTPUT_NAMES": "answer.keys",
 }
 
-__all__ = ["attribute", "load_model", "ModelBundle", "encode_answer", "decode_answer", "load_answer",
+__all__ = ["attribute", "attribute_lm", "load_model", "ModelBundle", "encode_answer", "decode_answer", "load_answer",
            "summarize_answer", "prepare_answer", "step_sizes_and_alphas", "BASELINES", "METHODS", "FAMILIES",
            "OUTPUT_NAMES", "DTYPES", "PRECISIONS", "reuse_freed_memory"]
 

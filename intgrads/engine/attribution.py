@@ -59,6 +59,9 @@ def attribute(bundle, sequence_or_list, *, target=1, n_steps=50, method="gaussle
     relative error of the token attributions and r = |convergence delta| / |F(x) - F(b)| are both within
     ``tolerance``, with at most ``max_steps`` points; ``method`` is then not used, and the answer's ``method`` is
     "adaptive". ``idgi=True`` adds ``idgi`` (1, T, H) and ``idgi_token_attributions`` (T,) (:mod:`.idgi`)."""
+    if getattr(bundle, "kind", None) == "causal_lm":
+        raise ValueError("this model is a causal LM: attribute a continuation with intgrads.attribute_lm(bundle, "
+                         "prompt, target=TEXT) (see docs/causal-lm.md)")
     sentences, single = check_sequences(sequence_or_list)
     tokenizer = bundle.tokenizer
     options = check_options(

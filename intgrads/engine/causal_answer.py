@@ -27,6 +27,9 @@ from .precision import DEFAULT_PRECISION, check_precision
 from .quadrature import METHODS, min_steps, step_sizes_and_alphas
 
 ADAPTIVE_METHOD = "adaptive"
+ZERO_CORNER = ("the zero baseline of a pre-norm model (RMSNorm or LayerNorm first, as in Llama): the first norm maps "
+               "a x to x / rms(x) for every a > 0 but 0 to 0, so the score jumps at alpha = 0 and no quadrature "
+               "converges to F(x) - F(b); use baseline pad (the default), eos or unk")
 FULL_OUTPUTS = ("integrated_gradients", "intermediate_gradients", "intermediates")
 
 
@@ -105,6 +108,8 @@ def _answer(bundle, encoded, x, b, f_x, f_b, alphas, weights, rows, plan, settin
             delta=float(delta[t]), f_input=float(f_x[t]), f_baseline=float(f_b[t]), step_maxima=maxima[:, t].tolist(),
             alphas=alphas, n_steps=steps, finite=finite, full_length=0, max_tokens=1, auto=plan is not None,
             unfinished=plan and plan.group_warning(t)))
+        if settings["baseline"] == "zero" and warnings[-1]:
+            warnings[-1].append(ZERO_CORNER)
     answer = {
         "kind": "causal_lm",
         "tokens": tokenizer.convert_ids_to_tokens(encoded.ids.tolist()),
