@@ -128,6 +128,43 @@ def test_what_torchserve_could_not_do(server, ray_server):
     assert requests.post(f"{ray_server.base}/predictions/nope", json={}).json()["message"] == "Model not found: nope"
 
 
+def test_a_causal_lm_on_both_front_ends(server, ray_server, worker_threads):
+    """The demo causal LM served by TorchServe and by Ray Serve: the same answer bytes, equal to the engine's in this
+    process on the same files; its description says causal LM; a classifier's request is refused with a 400."""
+    from intgrads.launcher.demo_lm import DEMO_LM_NAME
+
+    request = {"sequence": "The movie was good but the", "target": " ending felt rushed", "n_steps": 6,
+               "interpolate": "prompt", "outputs": ["token_attributions", "step_token_attributions",
+                                                    "integrated_gradients"]}
+    torchserve, ray = (requests.post(f"{base}/predictions/demo-lm", json=request, timeout=300)
+                       for base in (server.base, ray_server.base))
+    assert torchserve.status_code == ray.status_code == 200, (torchserve.text[:300], ray.text[:300])
+    assert gzip.decompress(torchserve.content) == gzip.decompress(ray.content)
+    served = intgrads.decode_answer(ray.content)
+    bundle = intgrads.load_model("hf", server.model_store / DEMO_LM_NAME)
+    before = torch.get_num_threads()
+    torch.set_num_threads(worker_threads)
+    try:
+        local = intgrads.attribute_lm(bundle, request["sequence"], target=request["target"], n_steps=6,
+                                      interpolate="prompt", outputs=["integrated_gradients"], chunk_tokens=3200)
+    finally:
+        torch.set_num_threads(before)
+    assert served["kind"] == "causal_lm" and served["tokens"] == local["tokens"]
+    for key in ("token_attributions", "step_token_attributions", "integrated_gradients", "scores"):
+        torch.testing.assert_close(served[key], local[key], atol=1e-5, rtol=1e-5)
+    assert "intermediates" not in served and served["warnings"] == local["warnings"]
+    generated = requests.post(ray_server.url("demo-lm"), json={"messages": [{"role": "user", "content": "hi"}],
+                                                               "max_new_tokens": 3, "n_steps": 4},
+                              headers={"Accept": "application/json"}, timeout=300).json()
+    assert generated["generated"] is True and 1 <= len(generated["target_ids"]) <= 3
+    assert requests.get(f"{ray_server.base}/models/demo-lm", timeout=60).json()["kind"] == "causal_lm"
+    meta = server.manage("GET", "/models/demo-lm?customized=true").json()[0]["customizedMetadata"]
+    assert (json.loads(meta) if isinstance(meta, str) else meta)["kind"] == "causal_lm"
+    for base in (server.base, ray_server.base):
+        refused = requests.post(f"{base}/predictions/demo-lm", json={"sequence": "x", "target": 1}, timeout=60)
+        assert refused.status_code == 400 and "target must be text" in refused.json()["error"]
+
+
 def test_control_ports_are_behind_the_token(ray_server):
     state = ray_server.state
     token = Path(state["token_file"])
@@ -277,6 +314,8 @@ def test_the_readme_ray_commands_and_stop_leave_no_ray_process(ray_server):
     assert answer["tokens"][1:5] == ["the", "food", "was", "awful"] and answer["n_steps"] == 50
     summary = next(json.loads(out) for command, out in outputs.items() if "n_steps=20" in command)
     assert summary["n_steps"] == 20 and summary["label"] == "negative"
+    lm = next(json.loads(out) for command, out in outputs.items() if "demo-lm" in command)
+    assert lm["kind"] == "causal_lm" and lm["n_steps"] == 8 and len(lm["token_attributions"]) == len(lm["target_ids"])
     assert any("IntgradsRequests{" in out for out in outputs.values())
     assert any("scaled to 1 replica" in out for out in outputs.values())
     assert cluster_processes(Path(state["ray_dir"])) == {}   # the head and the second node: nothing left
