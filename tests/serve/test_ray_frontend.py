@@ -128,9 +128,11 @@ def test_what_torchserve_could_not_do(server, ray_server):
     assert requests.post(f"{ray_server.base}/predictions/nope", json={}).json()["message"] == "Model not found: nope"
 
 
-def test_a_causal_lm_on_both_front_ends(server, ray_server, worker_threads):
+def test_a_causal_lm_on_both_front_ends(server, ray_server, worker_threads, tmp_path):
     """The demo causal LM served by TorchServe and by Ray Serve: the same answer bytes, equal to the engine's in this
-    process on the same files; its description says causal LM; a classifier's request is refused with a 400."""
+    process on the same files; its description says causal LM; a classifier's request is refused with a 400; a
+    JSONL file of prompts through intgrads-client's Client and through the batch job's worker gives the same
+    answers."""
     from intgrads.launcher.demo_lm import DEMO_LM_NAME
 
     request = {"sequence": "The movie was good but the", "target": " ending felt rushed", "n_steps": 6,
@@ -163,6 +165,41 @@ def test_a_causal_lm_on_both_front_ends(server, ray_server, worker_threads):
     for base in (server.base, ray_server.base):
         refused = requests.post(f"{base}/predictions/demo-lm", json={"sequence": "x", "target": 1}, timeout=60)
         assert refused.status_code == 400 and "target must be text" in refused.json()["error"]
+    _client_and_batch_agree(server, worker_threads, tmp_path, server.model_store / DEMO_LM_NAME)
+
+
+def _client_and_batch_agree(server, worker_threads, tmp_path, model_dir):
+    import numpy as np
+
+    from intgrads.batch.worker import AnswerWriter
+    from intgrads.client.inputs import read_sentences
+    from intgrads.serving.request import DEFAULT_LIMITS
+
+    source = tmp_path / "prompts.jsonl"
+    source.write_text("\n".join(json.dumps(line) for line in (
+        {"sequence": "The movie was good but the", "target": " ending felt rushed"},
+        {"messages": [{"role": "user", "content": "Is the movie good?"}], "target": " yes"})) + "\n")
+    items = read_sentences(source)
+    report = Client([server.url("demo-lm")]).run(items, tmp_path / "client", n_steps=4, progress=False)
+    assert report.failed == 0, report.errors
+    index = read_index(tmp_path / "client" / "index.jsonl")
+    assert sorted(index) == [1, 2] and all(record.get("file") and record["kind"] == "causal_lm"
+                                           for record in index.values()), index
+    batch_out = tmp_path / "batch"
+    batch_out.mkdir()
+    writer = AnswerWriter({"model": {"family": "hf", "weights": str(model_dir), "name": "demo-lm"}, "device": "cpu",
+                           "threads": worker_threads, "output": str(batch_out), "fields": {"n_steps": 4},
+                           "options": {"n_steps": 4}, "limits": {**DEFAULT_LIMITS, "max_work": 0,
+                                                                 "chunk_tokens": 3200}})
+    rows = writer({"line": np.array([1, 2]), "sentence": np.array([str(s) for _, s in items], dtype=object)})
+    records = {int(line): json.loads(record) for line, record in zip(rows["line"], rows["record"])}
+    for line, record in index.items():
+        assert records[line].get("file"), records[line]
+        client_answer = intgrads.load_answer(tmp_path / "client" / record["file"])
+        batch_answer = intgrads.load_answer(batch_out / records[line]["file"])
+        assert client_answer["tokens"] == batch_answer["tokens"]
+        torch.testing.assert_close(client_answer["token_attributions"], batch_answer["token_attributions"],
+                                   atol=1e-6, rtol=1e-5)
 
 
 def test_control_ports_are_behind_the_token(ray_server):
