@@ -23,7 +23,8 @@ mark where they fell.
 In a notebook, ``render_answer`` returns a :class:`Picture` that shows itself (PNG, or an HTML ``<img>``) and
 whose repr is one line.
 
-Modules: ``data`` (the numbers), ``figure`` (PNG/SVG/PDF with matplotlib), ``page`` (the HTML page).
+Modules: ``data`` (the numbers), ``figure`` (PNG/SVG/PDF with matplotlib), ``page`` (the HTML page), ``lm`` (a causal
+LM answer's T x L heatmap and per-target-token paths).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from pathlib import Path
 from .data import (Picture, accumulated_attributions, caption_parts, caption_text, diverging_rgb, display_tokens,
                    path_alphas, path_difference, picture_data)
 from .figure import make_figure
+from .lm import is_lm_answer, lm_figure, lm_html
 from .page import html_page
 
 HTML_SUFFIXES = (".html", ".htm")
@@ -45,9 +47,16 @@ __all__ = ["Picture", "render_answer", "make_figure", "html_page", "picture_data
 def render_answer(answer, path, *, top: int = 8, title: str | None = None) -> Picture:
     """Draw ``answer`` (a dict, or a one-element list) into ``path``: ``.png``/``.svg``/``.pdf`` with
     matplotlib, ``.html`` as a self-contained page. ``top``: tokens named in the path panel's legend.
-    Returns the :class:`Picture` data that was drawn."""
+    Returns the :class:`Picture` data that was drawn; for a causal LM answer (:mod:`.lm`: the T x L heatmap and
+    each target token's path) the path written."""
     path = Path(path)
     suffix = path.suffix.lower()
+    if is_lm_answer(answer) and suffix in HTML_SUFFIXES + MATPLOTLIB_SUFFIXES:   # a causal LM's T x L picture
+        if suffix in HTML_SUFFIXES:
+            path.write_text(lm_html(answer, title=title), encoding="utf-8")
+        else:
+            lm_figure(answer, title=title).savefig(path, dpi=150)
+        return path
     if suffix in HTML_SUFFIXES:
         picture = picture_data(answer)
         path.write_text(html_page(picture, top=top, title=title), encoding="utf-8")

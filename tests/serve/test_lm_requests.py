@@ -112,3 +112,11 @@ def test_jsonl_prompt_lines(tmp_path):
     source.write_text('{"target": " yes"}\n')
     with pytest.raises(ValueError, match="needs \"sequence\""):
         read_sentences(source)
+
+
+def test_the_picture_of_a_causal_answer(service, tmp_path):
+    from intgrads.pictures import render_answer
+
+    answer = intgrads.attribute_lm(service.bundle, PROMPT, target=" ending felt", n_steps=4)
+    png, page = render_answer(answer, tmp_path / "lm.png"), render_answer(answer, tmp_path / "lm.html")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "<svg" in page.read_text()

@@ -187,11 +187,17 @@ def _client_and_batch_agree(server, worker_threads, tmp_path, model_dir):
                                            for record in index.values()), index
     batch_out = tmp_path / "batch"
     batch_out.mkdir()
+    from intgrads.batch import worker
+
+    node_id, worker._node_id = worker._node_id, lambda: None   # outside Ray: asking Ray would start a cluster
     writer = AnswerWriter({"model": {"family": "hf", "weights": str(model_dir), "name": "demo-lm"}, "device": "cpu",
                            "threads": worker_threads, "output": str(batch_out), "fields": {"n_steps": 4},
                            "options": {"n_steps": 4}, "limits": {**DEFAULT_LIMITS, "max_work": 0,
                                                                  "chunk_tokens": 3200}})
-    rows = writer({"line": np.array([1, 2]), "sentence": np.array([str(s) for _, s in items], dtype=object)})
+    try:
+        rows = writer({"line": np.array([1, 2]), "sentence": np.array([str(s) for _, s in items], dtype=object)})
+    finally:
+        worker._node_id = node_id
     records = {int(line): json.loads(record) for line, record in zip(rows["line"], rows["record"])}
     for line, record in index.items():
         assert records[line].get("file"), records[line]
