@@ -220,3 +220,18 @@ def test_refusals(bundles):
 
     with pytest.raises(ValueError, match="attribute_lm"):
         attribute(bundle, PROMPT)
+
+
+def test_reduced_precision_and_the_deadline(bundles):
+    import time
+
+    from intgrads.engine.budget import DeadlineExceeded
+
+    bundle = bundles["llama"]
+    exact = attribute_lm(bundle, PROMPT, target=" ending", n_steps=STEPS)
+    reduced = attribute_lm(bundle, PROMPT, target=" ending", n_steps=STEPS, precision="bfloat16")
+    assert reduced["precision"] == "bfloat16" and reduced["token_attributions"].dtype == torch.float32
+    scale = float(exact["token_attributions"].abs().max())
+    assert float((reduced["token_attributions"] - exact["token_attributions"]).abs().max()) <= 0.1 * scale
+    with pytest.raises(DeadlineExceeded):
+        attribute_lm(bundle, PROMPT, target=" ending", n_steps=STEPS, deadline=time.monotonic() - 1)
