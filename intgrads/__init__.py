@@ -28,7 +28,7 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "attribute": "answer.view", "Answer": "answer.view", "load_answer": "answer.view",
+    "attribute": "answer.view", "attribute_lm": "engine.causal_answer", "Answer": "answer.view", "load_answer": "answer.view",
     "demo_model": "launcher.demo",
     "render_answer": "pictures", "show": "pictures",
     "BASELINES": "engine.baselines",
@@ -43,7 +43,7 @@ _EXPORTS = {
     "OUTPUT_NAMES": "answer.keys",
 }
 
-__all__ = ["attribute", "load_model", "ModelBundle", "Answer", "demo_model", "show", "render_answer",
+__all__ = ["attribute", "attribute_lm", "load_model", "ModelBundle", "Answer", "demo_model", "show", "render_answer",
            "encode_answer", "decode_answer", "load_answer",
            "summarize_answer", "prepare_answer", "step_sizes_and_alphas", "BASELINES", "METHODS", "FAMILIES",
            "OUTPUT_NAMES", "DTYPES", "PRECISIONS", "reuse_freed_memory"]

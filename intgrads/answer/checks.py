@@ -110,6 +110,8 @@ def check_answer(answer, *, compact: bool = False) -> None:
     ``compact``: it must also hold what :func:`intgrads.answer.rebuild.rebuild_intermediates` needs."""
     if not isinstance(answer, dict):
         raise AnswerInvalid(f"the answer is {type(answer).__name__}, not a dict")
+    if answer.get("kind") == "causal_lm":
+        return check_lm_answer(answer)
     logits = _tensor(answer, "logits", (1, None))
     if logits is None or logits.shape[1] < 1 or not torch.isfinite(logits).all():
         raise AnswerInvalid("the answer has no finite logits")
@@ -180,3 +182,51 @@ def _check_numbers(answer):
     delta = answer.get("convergence_delta")
     if isinstance(delta, float) and math.isnan(delta) and not answer.get("warnings"):
         raise AnswerInvalid("convergence_delta is NaN without a warning")
+
+
+def check_lm_answer(answer) -> None:
+    """A causal LM answer (T target tokens, S points, L input positions, H hidden)::
+
+        token_attributions, idgi_token_attributions (T, L)   step_token_attributions (T, S, L)
+        scores, baseline_scores, convergence_delta (T,)      step_outputs (T, S)   alphas (S,)   step_sizes (S, 1)
+        integrated_gradients (T, L, H)   intermediate_gradients (T, S, L, H)   intermediates (S, L, H)
+        input_ids (1, L) and target_ids (T,) int64, tokens L strings, target_tokens T strings
+
+    with finite scores, 0 < prompt_length <= L + 1, and one list of warnings per target token."""
+    tokens, targets = answer.get("tokens"), answer.get("target_tokens")
+    for name, value in (("tokens", tokens), ("target_tokens", targets)):
+        if value is not None and not (isinstance(value, list) and all(isinstance(t, str) for t in value)):
+            raise AnswerInvalid(f"{name} is not a list of strings")
+    target_ids = _tensor(answer, "target_ids", (None,), dtypes=(torch.int64,))
+    scores = _tensor(answer, "scores", (None,))
+    count = next((len(v) for v in (target_ids, targets, scores) if v is not None), None)
+    if count is None or count < 1:
+        raise AnswerInvalid("the causal LM answer names no target token (target_ids, target_tokens or scores)")
+    ids = _tensor(answer, "input_ids", (1, None), dtypes=(torch.int64,))
+    width = len(tokens) if tokens is not None else (ids.shape[1] if ids is not None else None)
+    steps = _int(answer, "n_steps")
+    if steps < 1:
+        raise AnswerInvalid(f"n_steps {steps} is too few")
+    _tensor(answer, "input_ids", (1, width), dtypes=(torch.int64,))
+    _tensor(answer, "target_ids", (count,), dtypes=(torch.int64,))
+    for name, shape in (("scores", (count,)), ("baseline_scores", (count,)),
+                        ("convergence_delta", (count,)), ("token_attributions", (count, width)),
+                        ("idgi_token_attributions", (count, width)), ("step_token_attributions", (count, steps, width)),
+                        ("step_outputs", (count, steps)), ("alphas", (steps,)), ("step_sizes", (steps, 1))):
+        _tensor(answer, name, shape)
+    hidden = None
+    for name, shape in (("integrated_gradients", (count, width)), ("intermediate_gradients", (count, steps, width)),
+                        ("intermediates", (steps, width))):
+        value = _tensor(answer, name, shape + (hidden,))
+        if value is not None:
+            hidden = value.shape[-1]
+    if scores is not None and not torch.isfinite(scores).all():
+        raise AnswerInvalid("the causal LM answer has non-finite scores")
+    prompt = answer.get("prompt_length")
+    if prompt is not None and width is not None and not (
+            isinstance(prompt, int) and not isinstance(prompt, bool) and 0 < prompt <= width + 1):
+        raise AnswerInvalid(f"prompt_length {str(prompt)[:20]} does not fit {width} input positions")
+    warnings = answer.get("warnings")
+    if warnings is not None and not (isinstance(warnings, list) and len(warnings) == count
+                                     and all(isinstance(w, list) for w in warnings)):
+        raise AnswerInvalid("warnings is not one list per target token")

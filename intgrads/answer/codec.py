@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .keys import DTYPE_NAMES, SENDABLE_NAMES, named_outputs
+from .keys import ALL_SENDABLE_NAMES, DTYPE_NAMES, LM_ALWAYS_NAMES, named_outputs
 from .torchsave import save_bytes
 
 try:  # the same gzip format, written by ISA-L
@@ -38,23 +38,24 @@ assert tuple(DTYPES) == DTYPE_NAMES
 
 def prepare_answer(obj: Any, *, outputs=None, dtype: str | None = None) -> Any:
     """An answer (or list of answers) reduced to the keys in ``outputs`` (None: all; metadata keys are
-    always kept; "idgi" brings "idgi_token_attributions") with its floating-point tensors cast to ``dtype``
+    always kept, and a causal LM answer's ``LM_ALWAYS_NAMES``; "idgi" brings "idgi_token_attributions") with its floating-point tensors cast to ``dtype``
     ("float32" or "float16"; None: as is). Raises ValueError naming the allowed values for an unknown output name
     or dtype."""
     if isinstance(obj, list):
         return [prepare_answer(item, outputs=outputs, dtype=dtype) for item in obj]
     if outputs is not None:
-        unknown = [name for name in outputs if name not in SENDABLE_NAMES]
+        unknown = [name for name in outputs if name not in ALL_SENDABLE_NAMES]
         if unknown:
             raise ValueError(f"unknown output(s) {', '.join(map(repr, unknown))}; outputs may name "
-                             f"{', '.join(SENDABLE_NAMES)}")
+                             f"{', '.join(ALL_SENDABLE_NAMES)}")
         outputs = named_outputs(outputs)
     if dtype is not None and dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
     target = DTYPES.get(dtype)
     out = {}
+    always = LM_ALWAYS_NAMES if obj.get("kind") == "causal_lm" else ()
     for key, value in obj.items():
-        if outputs is not None and key in SENDABLE_NAMES and key not in outputs:
+        if outputs is not None and key in ALL_SENDABLE_NAMES and key not in outputs and key not in always:
             continue
         if target is not None and isinstance(value, torch.Tensor) and value.is_floating_point():
             value = value.to(target)

@@ -28,7 +28,22 @@ ENDPOINT_NAMES = ("layer_input", "layer_baseline")
 # IDGI (intgrads.engine.idgi): (1, T, H) and its sum over H (T,), in an answer only when a request names them;
 # naming "idgi" brings both.
 IDGI_NAMES = ("idgi", "idgi_token_attributions")
+# A causal LM's answer (``kind`` "causal_lm"; T target tokens, S path points, L input positions, H hidden; see
+# docs/causal-lm.md): these outputs always, the full tensors only when named, and its settings keys.
+LM_OUTPUT_NAMES = ("tokens", "input_ids", "target_tokens", "target_ids", "token_attributions",
+                   "step_token_attributions", "scores", "baseline_scores", "step_outputs", "convergence_delta", "alphas",
+                   "step_sizes")
+# ... of which these are always sent, whatever "outputs" names (they are small and say what the answer is about)
+LM_ALWAYS_NAMES = ("tokens", "input_ids", "target_tokens", "target_ids", "scores", "baseline_scores",
+                   "convergence_delta", "alphas", "step_sizes")
+LM_FULL_NAMES = ("integrated_gradients", "intermediate_gradients", "intermediates")
+LM_IDGI_NAMES = ("idgi_token_attributions",)
+LM_SENDABLE_NAMES = LM_OUTPUT_NAMES + LM_FULL_NAMES + LM_IDGI_NAMES
+LM_SETTINGS_KEYS = ("kind", "prompt_length", "target_text", "generated", "n_steps", "gradient_evaluations", "method",
+                    "baseline", "keep_special_tokens", "score", "interpolate", "contrast", "max_new_tokens", "layer",
+                    "family", "architecture", "precision", "tolerance", "max_steps", "warnings")
 SENDABLE_NAMES = OUTPUT_NAMES + ENDPOINT_NAMES + IDGI_NAMES
+ALL_SENDABLE_NAMES = tuple(dict.fromkeys(SENDABLE_NAMES + LM_SENDABLE_NAMES))
 # The "outputs" of a client that rebuilds the intermediates: every output but them, and x and b.
 COMPACT_OUTPUTS = tuple(name for name in OUTPUT_NAMES if name != "intermediates") + ENDPOINT_NAMES
 # What was actually used, what the model is, and the answer's warnings (a list of sentences, empty when all is
@@ -81,3 +96,24 @@ def estimate_answer_bytes(n_tokens: int, hidden: int, n_steps: int, *, dtype: st
 HANDOFF_HEADER = "X-Intgrads-Handoff"
 HANDOFF_REQUEST = "file"
 SUMMARY_HEADER = "X-Intgrads-Summary"
+
+
+def estimate_lm_answer_bytes(n_inputs: int, n_targets: int, hidden: int, n_steps: int, *, dtype: str = "float32",
+                             outputs=None) -> int:
+    """Bytes of a causal LM answer's tensors before gzip (L = ``n_inputs``, T = ``n_targets``, S = ``n_steps``):
+
+        size = bytes(dtype) * (T L (S + 1 + [idgi]) + T L H ([integrated_gradients] + S [intermediate_gradients])
+                               + S L H [intermediates] + 3 T S + 6 T + 2 S) + 64 (L + T) + 4096
+
+    (the full tensors only when named in ``outputs``; the step token attributions always)."""
+    size = DTYPE_BYTES.get(dtype, 4)
+    named = set(outputs or ())
+
+    def kept(name):   # None: every output sent by default (the full tensors only when named)
+        return name in named or (outputs is None and name not in LM_FULL_NAMES + LM_IDGI_NAMES)
+
+    L, T, S, H = n_inputs, n_targets, n_steps, hidden
+    big = (T * L * (S * kept("step_token_attributions") + 1 + kept("idgi_token_attributions"))
+           + T * L * H * (kept("integrated_gradients") + S * kept("intermediate_gradients"))
+           + S * L * H * kept("intermediates"))
+    return size * (big + 3 * T * S + 6 * T + 2 * S) + 64 * (L + T) + 4096

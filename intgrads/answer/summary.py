@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import torch
 
-from .keys import SETTINGS_KEYS
+from .keys import LM_SETTINGS_KEYS, SETTINGS_KEYS
 
 
 def summarize_answer(answer: dict) -> dict:
     """A JSON-able digest of one answer: tokens, token attributions, logits, probabilities = softmax(logits),
-    the predicted class (argmax) and its label, and the settings keys."""
+    the predicted class (argmax) and its label, and the settings keys. A causal LM's answer: see
+    :func:`summarize_lm_answer`."""
+    if answer.get("kind") == "causal_lm":
+        return summarize_lm_answer(answer)
     logits = answer["logits"].reshape(-1).double()
     probabilities = torch.softmax(logits, dim=0)
     predicted = int(torch.argmax(logits))
@@ -29,9 +32,36 @@ INDEX_KEYS = ("predicted", "label", "probability", "target", "n_steps", "gradien
               "precision", "convergence_delta", "warnings")
 
 
+def summarize_lm_answer(answer: dict) -> dict:
+    """A causal LM answer's digest: input and target tokens, the (T, L) token attributions as lists, the scores at
+    the input and the baseline, the convergence deltas, and the settings keys."""
+    def floats(tensor):
+        return tensor.double().tolist()
+
+    return {
+        "tokens": list(answer["tokens"]),
+        "target_tokens": list(answer["target_tokens"]),
+        "target_ids": [int(i) for i in answer["target_ids"]],
+        "token_attributions": floats(answer["token_attributions"]),
+        "scores": floats(answer["scores"]),
+        "baseline_scores": floats(answer["baseline_scores"]),
+        "convergence_delta": floats(answer["convergence_delta"]),
+        **{key: answer[key] for key in LM_SETTINGS_KEYS if key in answer},
+    }
+
+
+LM_INDEX_KEYS = ("kind", "target_text", "generated", "score", "n_steps", "gradient_evaluations", "method", "baseline",
+                 "interpolate", "precision", "warnings")
+
+
 def index_record(summary: dict) -> dict:
     """The few fields a batch client's index keeps of one answer's summary: the predicted class, its label and
-    probability, and the settings used (``summary`` from :func:`summarize_answer`)."""
+    probability, and the settings used (``summary`` from :func:`summarize_answer`); for a causal LM, the target
+    text, its summed score and the settings."""
+    if summary.get("kind") == "causal_lm":
+        record = {key: summary.get(key) for key in LM_INDEX_KEYS}
+        record["total_score"] = round(sum(summary["scores"]), 6)
+        return record
     predicted = summary["predicted"]
     record = {"predicted": predicted, "label": summary["label"],
               "probability": round(summary["probabilities"][predicted], 6)}

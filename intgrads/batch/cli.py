@@ -130,7 +130,7 @@ def _main(args) -> int:
     fields = plan.request_fields(args)
     run_limits = plan.limits(args)
     model = plan.model_of(args)
-    plan.check_request(fields, model.pop("num_labels"), run_limits)
+    plan.check_request(fields, model.pop("num_labels"), run_limits, model.pop("kind"))
     settings = {"model": model, "device": "cuda" if args.cuda else "cpu", "fields": fields, "options": fields,
                 "limits": run_limits, "no_truncate": args.no_truncate}
     try:

@@ -53,8 +53,14 @@ def limits(args) -> dict:
             "max_response_bytes": NO_LIMIT, "max_work": 0}
 
 
-def check_request(fields: dict, num_labels: int, run_limits: dict) -> None:
-    """The options and encoding of ``fields``, with the server's messages; LaunchError (exit 2) for a bad one."""
+def check_request(fields: dict, num_labels: int, run_limits: dict, kind: str = "classifier") -> None:
+    """The options and encoding of ``fields``, with the server's messages; LaunchError (exit 2) for a bad one. For a
+    causal LM each line's request is checked by the workers (its target is the line's text)."""
+    if kind == "causal_lm":
+        if "target" in fields:
+            raise LaunchError("--target is a class number for a classifier; a causal LM's target is text: give it "
+                              "per line in a JSONL input ({\"sequence\": ..., \"target\": ...})", code=2)
+        return
     options = {**DEFAULT_OPTIONS, **{key: value for key, value in fields.items() if key in OPTION_FIELDS}}
     if options["n_steps"] != "auto" and options["n_steps"] > run_limits["max_steps"]:
         raise LaunchError(f"--n-steps {options['n_steps']}: the engine takes at most {run_limits['max_steps']}", code=2)
@@ -74,7 +80,8 @@ def model_of(args) -> dict:
 
     given = [flag for flag, value in (("-bp", args.bert_path), ("-xlb", args.xlnet_base_path),
                                       ("-xll", args.xlnet_large_path), ("--hf-model", args.hf_model),
-                                      ("--demo", args.demo)) if value]
+                                      ("--demo", args.demo), ("--demo-lm", getattr(args, "demo_lm", False)))
+             if value]
     if len(given) > 1:
         raise LaunchError(f"one model per batch run: {' and '.join(given)} were given (run one after the other, "
                           "each with its own -o)", code=2)
@@ -87,7 +94,8 @@ def model_of(args) -> dict:
     # the target is checked with the server's message (check_request); the check is said on stderr, as ours
     facts = validate_model(spec, tokenizer, say=lambda text: _say(args, text))
     return {"family": spec.family, "weights": str(spec.weights), "config": str(spec.config) if spec.config else None,
-            "tokenizer": str(tokenizer) if tokenizer else None, "name": spec.name, "num_labels": facts["num_labels"]}
+            "tokenizer": str(tokenizer) if tokenizer else None, "name": spec.name, "num_labels": facts["num_labels"],
+            "kind": facts.get("kind", "classifier")}
 
 
 def local_layout(args) -> tuple[Layout, int, int]:

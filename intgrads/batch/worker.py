@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..answer.keys import SUMMARY_HEADER
 from ..client.index import sentence_fields, write_atomically
+from ..client.inputs import prompt_request
 from ..serving.request import RequestError
 from ..serving.service import AttributionService, Incoming
 
@@ -71,9 +72,11 @@ class AnswerWriter:
     def _parse(self, sentence: str):
         """The checked request of ``sentence`` (the server's :meth:`~AttributionService.parse`), or its error;
         with ``no_truncate``, a sentence longer than the run reads is an error too (a server truncates it)."""
-        body = json.dumps({"sequence": sentence, **self.fields}).encode("utf-8")
+        prompt = prompt_request(sentence)   # a causal LM line's fields (intgrads.client.inputs.PromptRequest)
+        fields = {**self.fields, **prompt.fields} if prompt is not None else {"sequence": sentence, **self.fields}
+        body = json.dumps(fields).encode("utf-8")
         request = self.service.parse(Incoming({"body": body}, dict(HEADERS)))
-        if self.no_truncate and not isinstance(request, RequestError):
+        if self.no_truncate and prompt is None and not isinstance(request, RequestError):
             full = len(self.service.bundle.tokenizer(sentence, add_special_tokens=True)["input_ids"])
             limit = self.service.max_tokens()
             if full > limit:

@@ -1,4 +1,5 @@
-"""Reading the client's input: sentences from a text, CSV/TSV or JSONL file or stdin, and TorchServe's key file."""
+"""Reading the client's input: sentences from a text, CSV/TSV or JSONL file or stdin, and TorchServe's key file.
+A JSONL line with ``messages``, ``target`` or ``contrast`` is a causal LM request (:class:`PromptRequest`)."""
 
 from __future__ import annotations
 
@@ -44,6 +45,36 @@ def guess_format(path) -> str:
 
 
 DEFAULT_COLUMNS = ("sequence", "sentence", "text")
+# A JSONL line with any of these (besides "sequence") is a causal LM request: its fields go to the server as they are.
+PROMPT_FIELDS = ("sequence", "messages", "target", "contrast")
+PROMPT_MARKERS = ("messages", "target", "contrast")
+
+
+class PromptRequest(str):
+    """One causal LM request read from a JSONL line (``sequence`` or ``messages``, ``target``, ``contrast``): the
+    string is its fields' canonical JSON (what the index records and a rerun recognises), ``fields`` the fields."""
+
+    def __new__(cls, fields: dict):
+        value = super().__new__(cls, json.dumps(fields, sort_keys=True, ensure_ascii=False))
+        value.fields = dict(fields)
+        return value
+
+    def __reduce__(self):
+        return PromptRequest, (self.fields,)
+
+
+def prompt_request(text: str):
+    """A :class:`PromptRequest` back from its string (as the batch job's rows carry it), or None for a sentence."""
+    if not text.startswith("{"):
+        return None
+    try:
+        fields = json.loads(text)
+    except ValueError:
+        return None
+    if isinstance(fields, dict) and set(fields) <= set(PROMPT_FIELDS) and set(fields) & set(PROMPT_MARKERS):
+        request = PromptRequest(fields)
+        return request if request == text else None
+    return None
 
 
 def read_sentences(path, *, format: str | None = None, column: str | None = None) -> list[tuple[int, str]]:
@@ -122,6 +153,9 @@ def _read_jsonl(handle, path, column):
             raise ValueError(f"{path} line {number} is not JSON: {error}") from None
         if isinstance(item, str):
             value = item
+        elif isinstance(item, dict) and column is None and set(item) & set(PROMPT_MARKERS):
+            out.append((number, _prompt_line(item, path, number)))
+            continue
         elif isinstance(item, dict):
             value = item.get(_pick_column(list(item), column, f"{path} line {number}"))
         else:
@@ -133,3 +167,16 @@ def _read_jsonl(handle, path, column):
         if value.strip():
             out.append((number, value))
     return out
+
+
+def _prompt_line(item: dict, path, number: int) -> PromptRequest:
+    fields = {key: item[key] for key in PROMPT_FIELDS if key in item}
+    if ("sequence" in fields) == ("messages" in fields):
+        raise ValueError(f"{path} line {number}: a causal LM line needs \"sequence\" (the prompt) or \"messages\", "
+                         "one of the two")
+    for key in ("sequence", "target", "contrast"):
+        if key in fields and not isinstance(fields[key], str):
+            raise ValueError(f"{path} line {number}: {key} is not a string ({fields[key]!r})")
+    if "messages" in fields and not isinstance(fields["messages"], list):
+        raise ValueError(f"{path} line {number}: messages is not a list")
+    return PromptRequest(fields)

@@ -16,12 +16,12 @@ import math
 from dataclasses import dataclass
 
 from ..answer.checks import decompress_bounded
-from ..answer.summary import INDEX_KEYS, index_record, summarize_answer
+from ..answer.summary import INDEX_KEYS, LM_INDEX_KEYS, index_record, summarize_answer
 from .handoff import HandoffRefused, tokens_match
 
 DEFAULT_MAX_ANSWER_BYTES = 2 * 1024 ** 3   # the largest answer body a client reads (the server's default: 1 GiB)
 MAX_POINTER_BYTES = 64 * 1024              # a hand-off reply or an error is a small JSON
-CLOSE_FIELDS = ("probability", "convergence_delta")
+CLOSE_FIELDS = ("probability", "convergence_delta", "total_score")
 GZIP_MAGIC = b"\x1f\x8b"
 MAX_SMALL_BODY = 16 * 1024 ** 2            # a JSON summary or error, inflated
 
@@ -65,13 +65,16 @@ def check_asked(answer: dict, options: dict, sentence: str | None = None) -> Non
     """Raise :class:`AnswerRefused` when a setting the client asked for (n_steps, method, baseline, precision, a
     class target) is not the answer's, or the answer's tokens are not those of ``sentence``."""
     auto = options.get("n_steps") == "auto"   # the engine then chooses the steps, and the points (method)
-    for name in ("n_steps", "method", "baseline", "precision", "target"):
+    causal = answer.get("kind") == "causal_lm"   # its target is text, its tokens the prompt's and the target's
+    names = ("n_steps", "method", "baseline", "precision", "score", "interpolate") if causal else (
+        "n_steps", "method", "baseline", "precision", "target")
+    for name in names:
         wanted = options.get(name)
         if wanted is None or (name == "target" and wanted == "predicted") or (auto and name in ("n_steps", "method")):
             continue
         if answer.get(name) != wanted:
             raise AnswerRefused(f"the answer's {name} is {repr(answer.get(name))[:40]}, not the {wanted!r} asked for")
-    if sentence is not None and not tokens_match(answer.get("tokens") or [], sentence):
+    if sentence is not None and not causal and not tokens_match(answer.get("tokens") or [], sentence):
         raise AnswerRefused("the answer's tokens are not those of the sentence asked about")
 
 
@@ -84,7 +87,8 @@ def summary_claims(value: str | None) -> dict:
         claims = json.loads(value)
     except (ValueError, RecursionError):
         return {}
-    return {key: claims[key] for key in INDEX_KEYS if isinstance(claims, dict) and key in claims}
+    known = tuple(dict.fromkeys(INDEX_KEYS + LM_INDEX_KEYS + ("total_score",)))
+    return {key: claims[key] for key in known if isinstance(claims, dict) and key in claims}
 
 
 def index_fields(answer: dict, header: str | None) -> dict:

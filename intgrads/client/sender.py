@@ -283,7 +283,8 @@ class Client:
         """Get one answer into ``path`` and its index fields: from a server on this machine, the file it wrote
         (renamed here, no copy) when it is provably the answer; else, or when that file cannot be taken, the body.
         Returns (fields, url, tries)."""
-        reply = self._post(sentence, options, binary=True, stop=stop, handoff=True, compact=True)
+        compact = not hasattr(sentence, "fields")   # a causal LM answer has no x and b to rebuild from
+        reply = self._post(sentence, options, binary=True, stop=stop, handoff=True, compact=compact)
         attempts = reply.attempts
         if reply.handoff:
             try:
@@ -292,7 +293,7 @@ class Client:
                 with self._url_lock:
                     self._no_handoff.add(reply.url)   # this server's files are out of reach: bodies from now on
                 self.handoff_fallbacks.append(f"{reply.url}: {error}")
-                reply = self._post(sentence, options, binary=True, stop=stop, handoff=False, compact=True)
+                reply = self._post(sentence, options, binary=True, stop=stop, handoff=False, compact=compact)
                 attempts += reply.attempts
         try:
             answer, body = reply.answer, reply.body
@@ -362,7 +363,8 @@ class Client:
         """POST once per try until an answer; returns a :class:`Reply` or raises :class:`ClientError`.
         ``handoff``: ask a server on this machine for the answer as a file; ``compact``: otherwise ask for x and b
         instead of the intermediates. A gzip body is decoded and checked here: a broken one is tried again."""
-        payload = {"sequence": sentence, **options}
+        fields = getattr(sentence, "fields", None)   # a causal LM request's own fields (inputs.PromptRequest)
+        payload = {**options, **fields} if fields is not None else {"sequence": sentence, **options}
         headers = {"Content-Type": "application/json",
                    "Accept": "application/gzip" if binary else "application/json"}
         if self.token:

@@ -12,6 +12,8 @@
 - ``buckets``: a list of sentences cut into buckets of similar length, each one padded batch.
 - ``paths``: each sentence's path points and the gradients there: a fixed rule's in one pass, ``auto``'s in rounds.
 - ``attribution``: :func:`attribute`, the one-pass layer integrated gradients with intermediate gradients.
+- ``causal_models``, ``causal``, ``causal_answer``: a causal LM as a model kind: loading it, its prompt, target and
+  scores, every target token's gradients from one pass per path point, and :func:`attribute_lm`.
 - ``idgi``: IDGI attributions from an answer's own path.
 - ``diagnostics``: the warnings of a poor answer (convergence, gradient spikes, truncation, non-finite values).
 - ``budget``: the work a request is (multiply-accumulates) and its deadline.

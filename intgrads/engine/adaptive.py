@@ -198,3 +198,63 @@ class Refinement:
         return (f"n_steps auto stopped at {self.steps} points (max_steps {self.max_steps}) before its tolerance "
                 f"{self.tolerance:g}: r = |convergence delta| / |F(x) - F(b)| = {self.r:.3g}, estimated attribution "
                 f"error {self.error:.3g}; raise max_steps or the tolerance")
+
+
+class GroupRefinement(Refinement):
+    """One set of points for G integrals at once (a causal LM's target tokens): ``f_input`` / ``f_baseline`` are G
+    values, each point's integrand is (G, T). Every group gets its own E_g and r_g (the formulas above, group by
+    group); the refinement ends when every group is within the tolerance, and refines the panel whose largest
+    relative share E_(p,g) / ||Q_g|| is largest. ``error`` and ``r`` are the worst group's; ``errors`` and ``rs``
+    are each group's."""
+
+    def __init__(self, f_input, f_baseline, tolerance: float = DEFAULT_TOLERANCE, max_steps: int = DEFAULT_MAX_STEPS):
+        import numpy as np
+
+        super().__init__(0.0, 0.0, tolerance, max_steps)
+        self.difference = np.asarray(f_input, dtype=np.float64) - np.asarray(f_baseline, dtype=np.float64)
+        self.errors = self.rs = np.full(len(self.difference), math.inf)
+
+    def _decide(self) -> None:
+        import numpy as np
+
+        fine = [self._panel_integral(p, level) for p, level in enumerate(self.levels)]      # each (G, T)
+        coarse = [self._panel_integral(p, level - 1) for p, level in enumerate(self.levels)]
+        total = sum(fine)
+        if not (np.isfinite(total).all() and all(np.isfinite(q).all() for q in coarse)):
+            self.status = "non-finite"
+            return
+        scale = np.linalg.norm(total, axis=1)                                                  # (G,)
+        shares = []
+        for level, q_fine, q_coarse in zip(self.levels, fine, coarse):
+            d = np.linalg.norm(q_fine - q_coarse, axis=1)
+            power = 0.5 if level == 1 else 1.0
+            with np.errstate(divide="ignore", invalid="ignore"):
+                estimate = np.where(scale > 0, d * np.minimum(1.0, SAFETY * (d / np.where(scale > 0, scale, 1))
+                                                              ** power), d)
+            shares.append(estimate)
+        shares = np.stack(shares)                                                              # (P, G)
+        summed = shares.sum(axis=0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            self.errors = np.where(scale > 0, summed / np.where(scale > 0, scale, 1), np.where(summed == 0, 0, np.inf))
+            relative = np.where(scale > 0, shares / np.where(scale > 0, scale, 1), shares)
+        self.rs = np.abs(total.sum(axis=1) - self.difference) / np.maximum(np.abs(self.difference), R_FLOOR)
+        self.error, self.r = float(self.errors.max()), float(self.rs.max())
+        self.estimates = relative.max(axis=1).tolist()
+        if self.error <= self.tolerance and self.r <= self.tolerance:
+            self.status = "converged"
+            return
+        order = sorted(range(len(self.levels)), key=lambda p: -self.estimates[p])
+        panel = next((p for p in order if self.levels[p] + 1 < len(POINTS)), None)
+        if panel is None or self.steps + POINTS[self.levels[panel]] + 1 > self.max_steps:
+            self.status = "capped"
+            return
+        self.levels[panel] += 1
+        self.pending = panel_points(panel, self.levels[panel], which=2)
+
+    def group_warning(self, group: int) -> str | None:
+        """The warning of group ``group`` when the refinement ended with it short of the tolerance."""
+        if self.status != "capped" or (self.errors[group] <= self.tolerance and self.rs[group] <= self.tolerance):
+            return None
+        return (f"n_steps auto stopped at {self.steps} points (max_steps {self.max_steps}) before its tolerance "
+                f"{self.tolerance:g}: r = |convergence delta| / |F(x) - F(b)| = {self.rs[group]:.3g}, estimated "
+                f"attribution error {self.errors[group]:.3g}; raise max_steps or the tolerance")

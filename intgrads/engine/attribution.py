@@ -60,6 +60,9 @@ def attribute(bundle, sequence_or_list, *, target=1, n_steps=50, method="gaussle
     ``tolerance`` (default DEFAULT_TOLERANCE), with at most ``max_steps`` points (default DEFAULT_MAX_STEPS); with
     a fixed ``n_steps`` they raise ValueError, as a server refuses them; ``method`` is then not used, and the answer's ``method`` is
     "adaptive". ``idgi=True`` adds ``idgi`` (1, T, H) and ``idgi_token_attributions`` (T,) (:mod:`.idgi`)."""
+    if getattr(bundle, "kind", None) == "causal_lm":
+        raise ValueError("this model is a causal LM: attribute a continuation with intgrads.attribute_lm(bundle, "
+                         "prompt, target=TEXT) (see docs/causal-lm.md)")
     sentences, single = check_sequences(sequence_or_list)
     tokenizer = bundle.tokenizer
     options = check_options(

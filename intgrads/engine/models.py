@@ -13,6 +13,7 @@ from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTo
                           BertTokenizer, XLNetForSequenceClassification, XLNetTokenizer)
 
 from . import families, probe
+from .causal_models import causal_lm_bundle, is_causal_lm_dir, is_causal_lm_model, load_causal_lm
 from .weights import check_keys, read_state_dict
 
 PROBE_WORDS = ("the", "good", "movie")
@@ -58,7 +59,8 @@ class ModelBundle:
 
 def load_model(family: str | None = None, weights=None, *, config=None, tokenizer=None, device="cpu",
                layer: str | None = None, model: nn.Module | None = None) -> ModelBundle:
-    """Load a sequence classifier for attribution, and check that the engine reproduces it (:mod:`.probe`).
+    """Load a sequence classifier for attribution, and check that the engine reproduces it (:mod:`.probe`); or, for
+    "hf", a causal LM (:mod:`.causal_models`).
 
     ``family``: "bert" | "xlnet-base" | "xlnet-large" (``weights`` is a state-dict ``.pth``) or "hf"
     (``weights`` is a ``save_pretrained`` directory). ``config`` (config.json or directory) overrides
@@ -81,9 +83,13 @@ def load_model(family: str | None = None, weights=None, *, config=None, tokenize
         if dtype != torch.float32:
             raise ValueError(f"the {type(model).__name__} given holds {dtype} weights: give it in float32 "
                              "(model.float()); precision='bfloat16' or 'float16' runs its passes in those under autocast")
+        if is_causal_lm_model(model):   # a causal LM: its own bundle and engine
+            return causal_lm_bundle(model, tokenizer, device, f"{type(model).__name__} (in memory)")
         family, layout, tokenizer_source, source = "hf", "hf", tokenizer, f"{type(model).__name__} (in memory)"
     elif family not in families.FAMILIES:
         raise ValueError(f"family must be one of {', '.join(families.FAMILIES)}; got {family!r}")
+    elif family == "hf" and layer is None and is_causal_lm_dir(weights):   # a causal LM: its own bundle and engine
+        return load_causal_lm(weights, config=config, tokenizer=tokenizer, device=device)
     elif family == "hf":
         model, layout = _load_hf(weights, config), "hf"
         tokenizer_source, source = tokenizer or weights, str(weights)

@@ -79,3 +79,19 @@ def adaptive_paths(evaluate, difference, keep, f_input, f_baseline, options) -> 
                           torch.stack([found[i][a][0] for a in alphas]),
                           torch.stack([found[i][a][1] for a in alphas]), plan))
     return paths
+
+
+def refined_points(evaluate, plan) -> dict:
+    """``auto`` for one plan (a :class:`~intgrads.engine.adaptive.Refinement`, or a ``GroupRefinement`` for several
+    integrals sharing their points): rounds of ``evaluate(alphas (R,), done, total)`` -> (integrands (R, ...),
+    whatever else per row) until the plan ends. Returns {alpha: that row's results}."""
+    found, done = {}, 0
+    while True:
+        alphas = plan.request()
+        if not alphas:
+            return found
+        rows = evaluate(torch.tensor(alphas, dtype=torch.float32), done, done + len(alphas))
+        done += len(alphas)
+        for k, alpha in enumerate(alphas):
+            found[alpha] = tuple(None if value is None else value[k] for value in rows)
+        plan.receive(alphas, rows[0].double().cpu().numpy())

@@ -290,8 +290,12 @@ def validate_model(spec: ModelSpec, tokenizer_source: Path | None, target=None, 
                            tokenizer=str(tokenizer_source) if tokenizer_source else None)
     except Exception as error:  # noqa: BLE001
         raise LaunchError(f"cannot load the {spec.key} model from {spec.weights}: {type(error).__name__}: {error}"
-                          + ("" if spec.config or spec.family == "hf" else " (if the model is not the family's "
-                             "standard size, pass its config.json with --config)"), code=2) from None
+                          + ("" if spec.config or spec.family == "hf" else " (if the model is not the family's standard size, pass its "
+                             "config.json with --config)"), code=2) from None
+    if getattr(bundle, "kind", None) == "causal_lm":
+        print(f"intgrads: checked {spec.name}: causal LM {bundle.architecture}, layer {bundle.layer_name} "
+              f"({time.time() - started:.1f} s)", flush=True)
+        return {"num_labels": 0, "max_positions": bundle.max_positions, "kind": "causal_lm"}
     if isinstance(target, int) and target >= bundle.num_labels:
         raise LaunchError(f"--target {target}: the {spec.key} model has {bundle.num_labels} labels "
                           f"(0..{bundle.num_labels - 1}); give one of them or 'predicted'", code=2)

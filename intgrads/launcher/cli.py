@@ -68,9 +68,12 @@ def model_flags(models, server: bool = True):
     models.add_argument("-bp", "--bert-path", metavar="PTH", help="state-dict .pth of a BERT sentiment classifier")
     models.add_argument("-xlb", "--xlnet-base-path", metavar="PTH", help="state-dict .pth of an XLNet-base classifier")
     models.add_argument("-xll", "--xlnet-large-path", metavar="PTH", help="state-dict .pth of an XLNet-large classifier")
-    models.add_argument("--hf-model", metavar="DIR", help="save_pretrained directory of any sequence classifier")
+    models.add_argument("--hf-model", metavar="DIR", help="save_pretrained directory of any sequence classifier or "
+                                                          "causal LM (Llama, Qwen, Mistral, Gemma, Phi, GPT-2, OLMo, ...)")
     models.add_argument("--demo", action="store_true",
                         help="a small sentiment classifier built offline on first use (cached in the model store)")
+    models.add_argument("--demo-lm", action="store_true",
+                        help="a small seeded causal LM built offline on first use (served as demo-lm)")
     models.add_argument("--tokenizer", action="append", default=[], metavar="[KEY=]DIR",
                         help="tokenizer directory (read offline) or hub name; default: the family's hub tokenizer "
                              "(bert-base-uncased, xlnet-base-cased, xlnet-large-cased), resolved once at archive time")
@@ -79,7 +82,7 @@ def model_flags(models, server: bool = True):
     models.add_argument("--model-name", action="append", default=[], metavar="[KEY=]NAME",
                         help=("name in the URL /predictions/NAME" if server else "the model's name (where its "
                               "built tokenizer is kept in the model store)")
-                        + " (default: bert, xlnet-base, xlnet-large, hf, demo)")
+                        + " (default: bert, xlnet-base, xlnet-large, hf, demo, demo-lm)")
 
 
 def where_flags(device):

@@ -10,10 +10,11 @@ from pathlib import Path
 
 from .paths import LaunchError
 
-MODEL_KEYS = ("bert", "xlnet-base", "xlnet-large", "hf", "demo")
-FAMILY_OF = {"bert": "bert", "xlnet-base": "xlnet-base", "xlnet-large": "xlnet-large", "hf": "hf", "demo": "hf"}
+MODEL_KEYS = ("bert", "xlnet-base", "xlnet-large", "hf", "demo", "demo-lm")
+FAMILY_OF = {"bert": "bert", "xlnet-base": "xlnet-base", "xlnet-large": "xlnet-large", "hf": "hf", "demo": "hf",
+             "demo-lm": "hf"}
 FLAG_OF = {"bert": "-bp/--bert-path", "xlnet-base": "-xlb/--xlnet-base-path", "xlnet-large": "-xll/--xlnet-large-path",
-           "hf": "--hf-model", "demo": "--demo"}
+           "hf": "--hf-model", "demo": "--demo", "demo-lm": "--demo-lm"}
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -52,16 +53,18 @@ def model_specs(args, model_store: Path) -> list[ModelSpec]:
     """One checked :class:`ModelSpec` per model flag given (the demo is built here on first use)."""
     given = {"bert": args.bert_path, "xlnet-base": args.xlnet_base_path, "xlnet-large": args.xlnet_large_path,
              "hf": args.hf_model}
-    keys = [key for key in MODEL_KEYS[:4] if given[key]] + (["demo"] if args.demo else [])
+    keys = ([key for key in MODEL_KEYS[:4] if given[key]] + (["demo"] if args.demo else [])
+            + (["demo-lm"] if getattr(args, "demo_lm", False) else []))
     if not keys:
         raise LaunchError("no model given: pass -bp/--bert-path, -xlb/--xlnet-base-path, -xll/--xlnet-large-path, "
-                          "--hf-model DIR or --demo (see --help)", code=2)
+                          "--hf-model DIR, --demo or --demo-lm (see --help)", code=2)
     tokenizers = _keyed(args.tokenizer, "--tokenizer", keys)
     configs = _keyed(args.config, "--config", keys)
     names = _keyed(args.model_name, "--model-name", keys)
     specs = []
     for key in keys:
-        weights = ensure_demo(model_store) if key == "demo" else _weights(key, given[key])
+        weights = (ensure_demo(model_store) if key == "demo" else ensure_demo_lm(model_store) if key == "demo-lm"
+                   else _weights(key, given[key]))
         name = names.get(key, key)
         if not NAME_PATTERN.match(name):
             raise LaunchError(f"--model-name {name!r}: use letters, digits, '_', '.', '-' (at most 64)")
@@ -127,3 +130,13 @@ def ensure_demo(model_store: Path) -> Path:
     return path
 
 
+
+
+def ensure_demo_lm(model_store: Path) -> Path:
+    """The demo causal LM (:mod:`intgrads.launcher.demo_lm`), built into the model store on first use."""
+    from . import demo_lm
+
+    try:
+        return Path(demo_lm.ensure_demo_lm(model_store)).resolve()
+    except Exception as error:  # noqa: BLE001
+        raise LaunchError(f"could not build the demo causal LM: {type(error).__name__}: {error}") from None

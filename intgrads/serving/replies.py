@@ -77,10 +77,16 @@ def error_reply(error: RequestError) -> Reply:
 def refuse_non_finite(answer):
     """An answer with NaN or infinity is not sent: 422 naming the sentence and what to try."""
     for index, item in enumerate(answer if isinstance(answer, list) else [answer]):
-        for warning in item.get("warnings", []):
+        for warning in flat_warnings(item):
             if warning.startswith(NON_FINITE):
                 where = "" if not isinstance(answer, list) else f"sequences[{index}]: "
                 raise RequestError(f"{where}{warning}", status=422)
+
+
+def flat_warnings(answer: dict) -> list:
+    """An answer's warnings as one list (a causal LM's come one list per target token)."""
+    warnings = answer.get("warnings", [])
+    return [w for item in warnings for w in item] if answer.get("kind") == "causal_lm" else list(warnings)
 
 
 def answer_reply(request, answer, engine_seconds: float, *, gzip_level: int, handoff=None) -> Reply:
@@ -116,5 +122,5 @@ def answer_reply(request, answer, engine_seconds: float, *, gzip_level: int, han
     reply.counters = {"IntgradsEngineSeconds": engine_seconds, "IntgradsEncodeSeconds": encode_seconds,
                       "IntgradsTokenSteps": sum(len(item["tokens"]) * item["n_steps"] for item in items),
                       "IntgradsAnswerBytes": size,
-                      "IntgradsWarnings": sum(len(item.get("warnings", ())) for item in items)}
+                      "IntgradsWarnings": sum(len(flat_warnings(item)) for item in items)}
     return reply

@@ -37,7 +37,9 @@ OPTION_FIELDS = ("target", "n_steps", "method", "baseline", "keep_special_tokens
 TEXT_FIELDS = ("sequence", "sequences")
 # How the answer is sent (not engine options): "dtype" of its float tensors, and which "outputs" it holds.
 ENCODING_FIELDS = ("dtype", "outputs")
-ALLOWED_FIELDS = TEXT_FIELDS + OPTION_FIELDS + ENCODING_FIELDS
+# A causal LM's own fields (intgrads.serving.lm_request); its "target" is text.
+LM_FIELDS = ("messages", "contrast", "score", "interpolate", "max_new_tokens")
+ALLOWED_FIELDS = TEXT_FIELDS + OPTION_FIELDS + ENCODING_FIELDS + LM_FIELDS
 VISIBLE_CATEGORIES = "LMNPS"   # Unicode letters, marks, numbers, punctuation, symbols
 EXAMPLE_SENTENCE = "This is the sequence that you want to get the sentiment of"
 
@@ -200,8 +202,12 @@ def _no_duplicate_keys(pairs) -> dict:
     return fields_once(pairs, "the JSON body")
 
 
-def _form_value(name: str, value):
+def _form_value(name: str, value, causal: bool = False):
     """Form fields arrive as text: turn numbers and booleans into their types."""
+    if causal and name in LM_FIELDS + ("target",) and name != "messages":
+        from .lm_request import lm_form_value
+
+        return lm_form_value(name, _decode_text(value, f"field {name!r}"))
     text = _decode_text(value, f"field {name!r}").strip()
     if name == "n_steps" and text.lower() == AUTO:
         return AUTO
@@ -237,11 +243,11 @@ def _form_value(name: str, value):
             except (ValueError, RecursionError):
                 raise RequestError("outputs in a form must be a comma-separated list or a JSON list of strings") from None
         return [part.strip() for part in text.split(",") if part.strip()]
-    if name == "sequences":
+    if name in ("sequences", "messages"):
         try:
             return json.loads(text)
         except (ValueError, RecursionError):
-            raise RequestError("sequences in a form must be a JSON list of strings") from None
+            raise RequestError(f"{name} in a form must be a JSON list") from None
     return _decode_text(value, f"field {name!r}")
 
 
@@ -290,12 +296,13 @@ def _check_text(fields: dict, limits: dict) -> tuple[list, bool]:
 
 
 def parse_request(parts, headers=None, *, model_name: str = "MODEL", num_labels: int = 2, defaults=None,
-                  limits=None, explain: bool = False, query=None) -> Request:
+                  limits=None, explain: bool = False, query=None, causal: bool = False) -> Request:
     """Turn a front end's view of one request into a :class:`Request`, or raise :class:`RequestError`.
 
     ``query``: the URL's query string as (name, value) pairs, where the front end sees it (None: it does not, as
     TorchServe's /predictions route). Its fields join the body's: a field given twice in the query, or in the
-    query and the body with two values, is a 400."""
+    query and the body with two values, is a 400. ``causal``: the model is a causal LM
+    (:mod:`intgrads.serving.lm_request`)."""
     headers = lower_keys(headers)
     defaults = {**DEFAULT_OPTIONS, **(defaults or {})}
     limits = {**DEFAULT_LIMITS, **(limits or {})}
@@ -307,15 +314,25 @@ def parse_request(parts, headers=None, *, model_name: str = "MODEL", num_labels:
     size = sum(len(value) for value in parts.values() if isinstance(value, (bytes, bytearray, str)))
     if size > limits["max_body_bytes"]:
         raise body_too_big(limits["max_body_bytes"])
-    from_query = _query_fields(query)
+    from_query = _query_fields(query, causal)
     if not parts and set(from_query) & set(TEXT_FIELDS):
         fields, from_form = {}, True
     else:
         fields, from_form = _body_fields(parts, headers, url, sees_query=query is not None)
     _check_known(fields, from_form, url, where="")
     if from_form:
-        fields = {name: _form_value(name, value) for name, value in fields.items()}
+        fields = {name: _form_value(name, value, causal) for name, value in fields.items()}
     fields = _join_query(fields, from_query)
+    if causal:
+        from .lm_request import parse_lm_fields
+
+        sequence, options, encoding = parse_lm_fields(fields, defaults, limits)
+        return Request(sequences=[sequence] if sequence is not None else [], single=True, options=options,
+                       want_json=wants_json(headers, explain), given=[n for n in fields if n not in TEXT_FIELDS],
+                       encoding=encoding, handoff=wants_handoff(headers))
+    lm_only = [name for name in LM_FIELDS if name in fields]
+    if lm_only:
+        raise RequestError(f"{', '.join(lm_only)}: only for a causal LM, and this model is a classifier")
     sequences, single = _check_text(fields, limits)
     options = dict(defaults)
     given = [name for name in OPTION_FIELDS if name in fields]
@@ -342,11 +359,11 @@ def _check_known(fields: dict, from_form: bool, url: str, where: str):
         raise RequestError(f"unknown field(s) {shown}{where}; a request may carry {', '.join(ALLOWED_FIELDS)}{hint}")
 
 
-def _query_fields(query) -> dict:
+def _query_fields(query, causal: bool = False) -> dict:
     """The query string's fields, typed as form fields are; a name given twice is a 400."""
     fields = fields_once(query or (), "the query string")
     _check_known(fields, False, "", where=" in the query string")
-    return {name: _form_value(name, value) for name, value in fields.items()}
+    return {name: _form_value(name, value, causal) for name, value in fields.items()}
 
 
 def _join_query(fields: dict, from_query: dict) -> dict:

@@ -21,6 +21,7 @@ import torch
 
 from ..engine.attribution import attribute
 from ..engine.budget import DeadlineExceeded
+from ..engine.causal_answer import attribute_lm
 from .batching import gather
 from .guards import deadline_error
 from .request import RequestError
@@ -38,8 +39,12 @@ def run_alone(service, request, deadline):
     """Request ``request`` through the engine on its own."""
     started = time.perf_counter()
     try:
-        answer = attribute(service.bundle, request.sequences[0] if request.single else request.sequences,
-                           **service.engine_options(request.options, deadline))
+        if service.causal:
+            answer = attribute_lm(service.bundle, request.sequences[0] if request.sequences else None,
+                                  **service.engine_options(request.options, deadline))
+        else:
+            answer = attribute(service.bundle, request.sequences[0] if request.single else request.sequences,
+                               **service.engine_options(request.options, deadline))
     except DeadlineExceeded as error:
         _free_memory()
         return deadline_error(error, service.response_timeout)
@@ -54,7 +59,7 @@ def run_alone(service, request, deadline):
         logger.exception("intgrads: request failed")
         return RequestError(f"internal error: {type(error).__name__}: {error}", status=500)
     seconds = time.perf_counter() - started
-    logger.info("intgrads: %d sentence(s), %s steps, %s in %.2f s", len(request.sequences),
+    logger.info("intgrads: %d sentence(s), %s steps, %s in %.2f s", len(request.sequences) or 1,
                 request.options["n_steps"], request.options["method"], seconds)
     return request, answer, seconds
 

@@ -30,6 +30,7 @@ from ..engine.precision import PRECISIONS
 from ..engine.quadrature import METHODS
 from .batching import plan_units
 from .guards import check_answer_size, check_work, counted_steps, sentence_lengths, work_budget
+from .lm_guards import check_lm_request, lm_work
 from .handoff import HandoffDir
 from .replies import Reply, answer_reply, error_reply, refuse_non_finite
 from .request import DEFAULT_LIMITS, DEFAULT_OPTIONS, RequestError, parse_request
@@ -62,6 +63,7 @@ class AttributionService:
         self.response_timeout = float(response_timeout)
         self.work_budget = work_budget(self.limits.get("max_work"), self.response_timeout, device, threads)
         self.layers, self.hidden = model_shape(bundle.model)
+        self.causal = getattr(bundle, "kind", None) == "causal_lm"
         # G MAC/s this worker does, learned from its own units (start: the budget's cautious rate)
         self.rate = self.work_budget / (self.response_timeout * BUDGET_SHARE) if self.work_budget else None
 
@@ -105,7 +107,11 @@ class AttributionService:
         try:
             request = parse_request(incoming.parts, incoming.headers, model_name=self.model_name,
                                     num_labels=self.bundle.num_labels, defaults=self.defaults, limits=self.limits,
-                                    explain=incoming.explain, query=incoming.query)
+                                    explain=incoming.explain, query=incoming.query, causal=self.causal)
+            if self.causal:
+                check_lm_request(request, self.bundle, self.hidden, self.layers, self.limits, self.work_budget,
+                                 self.response_timeout, self.max_tokens())
+                return request
             lengths = request.lengths = sentence_lengths(self.bundle, request.sequences, self.max_tokens())
             if not request.want_json:
                 check_answer_size(request, lengths, self.hidden, int(self.limits["max_response_bytes"]))
@@ -135,7 +141,7 @@ class AttributionService:
             if not fresh and now + self._seconds(unit.work) > deadline:
                 results = {position: self._busy(unit.work) for position in unit.positions}
             else:
-                results = run_together(self, valid, unit, deadline) if unit.together else {}
+                results = run_together(self, valid, unit, deadline) if unit.together and not self.causal else {}
                 for position in unit.positions:
                     if position not in results:
                         results[position] = run_alone(self, valid[position], deadline)
@@ -157,6 +163,8 @@ class AttributionService:
                 "deadline": deadline}
 
     def _work_of(self, request) -> float:
+        if self.causal:
+            return lm_work(request, self.layers, self.hidden)
         return request_work(request.lengths, counted_steps(request.options)[0], self.layers, self.hidden) / G
 
     def _unit_budget(self) -> float | None:
@@ -200,7 +208,11 @@ class AttributionService:
         """The model, its defaults and limits: TorchServe's describe call (``customized=true``) and the Ray app's
         ``GET /models/NAME``."""
         bundle = self.bundle
-        return {"family": bundle.family, "layout": bundle.layout, "layer": bundle.layer_name,
+        if self.causal:
+            from .lm_guards import describe_lm
+
+            return describe_lm(self)
+        return {"kind": "classifier", "family": bundle.family, "layout": bundle.layout, "layer": bundle.layer_name,
                 "activation": bundle.activation, "device": str(bundle.device), "layers": self.layers,
                 "hidden": self.hidden, "num_labels": bundle.num_labels, "labels": list(bundle.label_names),
                 "max_positions": bundle.max_positions, "defaults": dict(self.defaults),

@@ -189,15 +189,17 @@ def _tiny(model_type, tokenizer, seed=0):
     return AutoModelForSequenceClassification.from_config(_config(model_type, len(tokenizer))).eval()
 
 
-def test_causal_language_model_checkpoint_is_refused(tokenizer, tokenizer_dir, tmp_path):
-    """A causal LM's folder would load as a classifier with a random ``score`` head: refused, saying what it is."""
+def test_causal_language_model_checkpoint_is_a_causal_lm_never_a_classifier(tokenizer, tokenizer_dir, tmp_path):
+    """A causal LM's folder would load as a classifier with a random ``score`` head: it loads as a causal LM, and
+    asked for as a classifier (a layer of its own named) it is refused, saying what it is."""
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(_config("llama", len(tokenizer))).save_pretrained(str(tmp_path))
+    assert intgrads.load_model("hf", str(tmp_path), tokenizer=str(tokenizer_dir)).kind == "causal_lm"
     with pytest.raises(ValueError, match=r"is a causal language model checkpoint \(llama, LlamaForCausalLM\) "
                                          r"without a classification head: its files lack score\.weight"):
-        intgrads.load_model("hf", str(tmp_path), tokenizer=str(tokenizer_dir))
+        intgrads.load_model("hf", str(tmp_path), tokenizer=str(tokenizer_dir), layer="model.embed_tokens")
 
 
 def test_base_model_checkpoint_is_refused(tokenizer, tokenizer_dir, tmp_path):

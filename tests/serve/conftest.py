@@ -167,17 +167,19 @@ def start_server(tmp_path_factory, label: str, model_args: list, extra_args: lis
 @pytest.fixture(scope="session")
 def server(tmp_path_factory, bert_files, xlnet_files, hf_files):
     """One TorchServe for most tests: bert (.pth + config + tokenizer dir), xlnet-base (a ``module.``-prefixed
-    .pth + config + SentencePiece tokenizer), hf (a save_pretrained DistilBERT) and the demo; batch size 4."""
+    .pth + config + SentencePiece tokenizer), hf (a save_pretrained DistilBERT), the demo and the demo causal LM;
+    batch size 4."""
     model_args = [
         "-bp", bert_files.weights, "--config", f"bert={bert_files.config}", "--tokenizer", f"bert={bert_files.tokenizer}",
         "-xlb", xlnet_files.extra["module_prefixed"], "--config", f"xlnet-base={xlnet_files.config}",
         "--tokenizer", f"xlnet-base={xlnet_files.tokenizer}",
         "--hf-model", hf_files.weights,
-        "--demo",
+        "--demo", "--demo-lm",
         "--batch-size", "4", "--max-batch-delay", "100",
     ]
     server = start_server(tmp_path_factory, "main", model_args)
-    server.models = ["bert", "xlnet-base", "hf", "demo"]
+    server.models = ["bert", "xlnet-base", "hf", "demo"]   # the classifiers
+    server.lm_models = ["demo-lm"]                         # the causal LMs
     try:
         yield server
     finally:

@@ -128,6 +128,86 @@ def test_what_torchserve_could_not_do(server, ray_server):
     assert requests.post(f"{ray_server.base}/predictions/nope", json={}).json()["message"] == "Model not found: nope"
 
 
+def test_a_causal_lm_on_both_front_ends(server, ray_server, worker_threads, tmp_path):
+    """The demo causal LM served by TorchServe and by Ray Serve: the same answer bytes, equal to the engine's in this
+    process on the same files; its description says causal LM; a classifier's request is refused with a 400; a
+    JSONL file of prompts through intgrads-client's Client and through the batch job's worker gives the same
+    answers."""
+    from intgrads.launcher.demo_lm import DEMO_LM_NAME
+
+    request = {"sequence": "The movie was good but the", "target": " ending felt rushed", "n_steps": 6,
+               "interpolate": "prompt", "outputs": ["token_attributions", "step_token_attributions",
+                                                    "integrated_gradients"]}
+    torchserve, ray = (requests.post(f"{base}/predictions/demo-lm", json=request, timeout=300)
+                       for base in (server.base, ray_server.base))
+    assert torchserve.status_code == ray.status_code == 200, (torchserve.text[:300], ray.text[:300])
+    assert gzip.decompress(torchserve.content) == gzip.decompress(ray.content)
+    served = intgrads.decode_answer(ray.content)
+    bundle = intgrads.load_model("hf", server.model_store / DEMO_LM_NAME)
+    before = torch.get_num_threads()
+    torch.set_num_threads(worker_threads)
+    try:
+        local = intgrads.attribute_lm(bundle, request["sequence"], target=request["target"], n_steps=6,
+                                      interpolate="prompt", outputs=["integrated_gradients"], chunk_tokens=3200)
+    finally:
+        torch.set_num_threads(before)
+    assert served["kind"] == "causal_lm" and served["tokens"] == local["tokens"]
+    for key in ("token_attributions", "step_token_attributions", "integrated_gradients", "scores"):
+        torch.testing.assert_close(served[key], local[key], atol=1e-5, rtol=1e-5)
+    assert "intermediates" not in served and served["warnings"] == local["warnings"]
+    generated = requests.post(ray_server.url("demo-lm"), json={"messages": [{"role": "user", "content": "hi"}],
+                                                               "max_new_tokens": 3, "n_steps": 4},
+                              headers={"Accept": "application/json"}, timeout=300).json()
+    assert generated["generated"] is True and 1 <= len(generated["target_ids"]) <= 3
+    assert requests.get(f"{ray_server.base}/models/demo-lm", timeout=60).json()["kind"] == "causal_lm"
+    meta = server.manage("GET", "/models/demo-lm?customized=true").json()[0]["customizedMetadata"]
+    assert (json.loads(meta) if isinstance(meta, str) else meta)["kind"] == "causal_lm"
+    for base in (server.base, ray_server.base):
+        refused = requests.post(f"{base}/predictions/demo-lm", json={"sequence": "x", "target": 1}, timeout=60)
+        assert refused.status_code == 400 and "target must be text" in refused.json()["error"]
+    _client_and_batch_agree(server, worker_threads, tmp_path, server.model_store / DEMO_LM_NAME)
+
+
+def _client_and_batch_agree(server, worker_threads, tmp_path, model_dir):
+    import numpy as np
+
+    from intgrads.batch.worker import AnswerWriter
+    from intgrads.client.inputs import read_sentences
+    from intgrads.serving.request import DEFAULT_LIMITS
+
+    source = tmp_path / "prompts.jsonl"
+    source.write_text("\n".join(json.dumps(line) for line in (
+        {"sequence": "The movie was good but the", "target": " ending felt rushed"},
+        {"messages": [{"role": "user", "content": "Is the movie good?"}], "target": " yes"})) + "\n")
+    items = read_sentences(source)
+    report = Client([server.url("demo-lm")]).run(items, tmp_path / "client", n_steps=4, progress=False)
+    assert report.failed == 0, report.errors
+    index = read_index(tmp_path / "client" / "index.jsonl")
+    assert sorted(index) == [1, 2] and all(record.get("file") and record["kind"] == "causal_lm"
+                                           for record in index.values()), index
+    batch_out = tmp_path / "batch"
+    batch_out.mkdir()
+    from intgrads.batch import worker
+
+    node_id, worker._node_id = worker._node_id, lambda: None   # outside Ray: asking Ray would start a cluster
+    writer = AnswerWriter({"model": {"family": "hf", "weights": str(model_dir), "name": "demo-lm"}, "device": "cpu",
+                           "threads": worker_threads, "output": str(batch_out), "fields": {"n_steps": 4},
+                           "options": {"n_steps": 4}, "limits": {**DEFAULT_LIMITS, "max_work": 0,
+                                                                 "chunk_tokens": 3200}})
+    try:
+        rows = writer({"line": np.array([1, 2]), "sentence": np.array([str(s) for _, s in items], dtype=object)})
+    finally:
+        worker._node_id = node_id
+    records = {int(line): json.loads(record) for line, record in zip(rows["line"], rows["record"])}
+    for line, record in index.items():
+        assert records[line].get("file"), records[line]
+        client_answer = intgrads.load_answer(tmp_path / "client" / record["file"])
+        batch_answer = intgrads.load_answer(batch_out / records[line]["file"])
+        assert client_answer["tokens"] == batch_answer["tokens"]
+        torch.testing.assert_close(client_answer["token_attributions"], batch_answer["token_attributions"],
+                                   atol=1e-6, rtol=1e-5)
+
+
 def test_control_ports_are_behind_the_token(ray_server):
     state = ray_server.state
     token = Path(state["token_file"])
@@ -277,6 +357,8 @@ def test_the_readme_ray_commands_and_stop_leave_no_ray_process(ray_server):
     assert answer["tokens"][1:5] == ["the", "food", "was", "awful"] and answer["n_steps"] == 50
     summary = next(json.loads(out) for command, out in outputs.items() if "n_steps=20" in command)
     assert summary["n_steps"] == 20 and summary["label"] == "negative"
+    lm = next(json.loads(out) for command, out in outputs.items() if "demo-lm" in command)
+    assert lm["kind"] == "causal_lm" and lm["n_steps"] == 8 and len(lm["token_attributions"]) == len(lm["target_ids"])
     assert any("IntgradsRequests{" in out for out in outputs.values())
     assert any("scaled to 1 replica" in out for out in outputs.values())
     assert cluster_processes(Path(state["ray_dir"])) == {}   # the head and the second node: nothing left

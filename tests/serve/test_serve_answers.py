@@ -117,7 +117,7 @@ def test_json_route_and_explanations(server, direct):
 
 def test_several_models_in_one_server(server):
     listed = server.manage("GET", "/models").json()
-    assert sorted(m["modelName"] for m in listed["models"]) == sorted(server.models)
+    assert sorted(m["modelName"] for m in listed["models"]) == sorted(server.models + server.lm_models)
     families = {}
     for model in server.models:
         answer = decode(post_json(server.url(model), {"sequence": "a fine film", "n_steps": 4}))

@@ -222,4 +222,4 @@ def test_model_registration_api_is_off(server):
     response = server.manage("DELETE", "/models/bert")
     assert response.status_code >= 400
     assert sorted(m["modelName"] for m in server.manage("GET", "/models").json()["models"]) \
-        == sorted(server.models)
+        == sorted(server.models + server.lm_models)
