@@ -28,7 +28,7 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "attribute": "answer.view", "attribute_lm": "engine.causal_answer", "Answer": "answer.view", "load_answer": "answer.view",
+    "attribute": "answer.view", "attribute_lm": "answer.view", "Answer": "answer.view", "load_answer": "answer.view",
     "demo_model": "launcher.demo",
     "render_answer": "pictures", "show": "pictures",
     "BASELINES": "engine.baselines",

@@ -9,15 +9,17 @@ the engine returns (every key, every dict operation), with a short repr::
            no warnings; 17 keys)
 
 ``intgrads.encode_answer`` writes it as a plain dict (``torch.load(..., weights_only=True)`` reads it back); to
-``torch.save`` one yourself, save ``dict(answer)``."""
+``torch.save`` one yourself is fine too: it pickles as an ``OrderedDict``, which weights_only loading reads."""
 
 from __future__ import annotations
 
+import collections
 import functools
 
 import torch
 
 from ..engine.attribution import attribute as _attribute
+from ..engine.causal_answer import attribute_lm as _attribute_lm
 from .codec import load_answer as _load_answer
 
 
@@ -25,11 +27,18 @@ class Answer(dict):
     """One answer (a dict: see the answer keys in the docs) with a one-line repr; :meth:`summary` is
     ``intgrads.summarize_answer(answer)``."""
 
+    def __reduce__(self):
+        # torch.save(answer) writes what weights_only loading reads (an OrderedDict), not this class
+        return (collections.OrderedDict, (list(self.items()),))
+
     def __repr__(self) -> str:
         parts = []
         tokens = self.get("tokens")
         if tokens is not None:
             parts.append(f"{len(tokens)} tokens")
+        if "target_tokens" in self:   # a causal LM's answer: T target tokens attributed to the L input tokens
+            how = "generated" if self.get("generated") else "given"
+            parts.append(f"{len(self['target_tokens'])} target tokens ({how}): {''.join(self['target_tokens'])!r}"[:120])
         logits = self.get("logits")
         if isinstance(logits, torch.Tensor) and logits.numel():
             flat = logits.reshape(-1).double()
@@ -42,8 +51,13 @@ class Answer(dict):
         if "n_steps" in self:
             parts.append(f"n_steps {self['n_steps']} {self.get('method', '')}".rstrip())
         if "convergence_delta" in self:
-            parts.append(f"delta {float(self['convergence_delta']):.2g}")
+            delta = torch.as_tensor(self["convergence_delta"], dtype=torch.float64)
+            parts.append(f"{'max |delta|' if delta.numel() > 1 else 'delta'} "
+                         f"{float(delta.abs().max() if delta.numel() > 1 else delta.reshape(-1)[0]):.2g}"
+                         if delta.numel() else "no delta")
         warnings = self.get("warnings") or []
+        if warnings and all(isinstance(item, list) for item in warnings):   # a causal LM's: one list per target token
+            warnings = [text for item in warnings for text in item]
         parts.append(f"{len(warnings)} warning(s)" if warnings else "no warnings")
         return f"Answer({', '.join(parts)}; {len(self)} keys)"
 
@@ -77,8 +91,15 @@ def plain(obj):
 
 
 @functools.wraps(_attribute)
-def attribute(bundle, sequence_or_list, **options):
+def attribute(bundle, sequence_or_list=None, **options):
+    if getattr(bundle, "kind", None) == "causal_lm":   # a causal LM: a continuation attributed to its prompt
+        return as_answers(_attribute_lm(bundle, sequence_or_list, **options))
     return as_answers(_attribute(bundle, sequence_or_list, **options))
+
+
+@functools.wraps(_attribute_lm)
+def attribute_lm(bundle, sequence=None, **options):
+    return as_answers(_attribute_lm(bundle, sequence, **options))
 
 
 def load_answer(path):

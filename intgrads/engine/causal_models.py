@@ -49,6 +49,10 @@ class CausalLMBundle:
     keeps_logits: bool = True     # forward takes ``logits_to_keep`` (the LM head only where a token is scored)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
+    def __repr__(self) -> str:
+        """One line (the dataclass's repr would print the whole network)."""
+        return f"CausalLMBundle({self.architecture}, layer {self.layer_name!r}, device {self.device}, source {self.source!r})"
+
     @property
     def layer(self) -> nn.Module:
         return self.model.get_input_embeddings()

@@ -73,16 +73,7 @@ def load_model(family: str | None = None, weights=None, *, config=None, tokenize
     """
     device = _check_device(device)
     if model is not None:
-        if family not in (None, "hf") or weights is not None or config is not None:
-            raise ValueError("load_model(model=...) takes a model already in memory: give no family other than "
-                             "'hf', no weights and no config")
-        if tokenizer is None:
-            raise ValueError("load_model(model=...) needs tokenizer= (the model's tokenizer object or directory)")
-        families.check_supported_type(getattr(model, "config", None), f"the {type(model).__name__} given")
-        dtype = next(model.parameters()).dtype
-        if dtype != torch.float32:
-            raise ValueError(f"the {type(model).__name__} given holds {dtype} weights: give it in float32 "
-                             "(model.float()); precision='bfloat16' or 'float16' runs its passes in those under autocast")
+        _check_in_memory(model, family, weights, config, tokenizer)
         if is_causal_lm_model(model):   # a causal LM: its own bundle and engine
             return causal_lm_bundle(model, tokenizer, device, f"{type(model).__name__} (in memory)")
         family, layout, tokenizer_source, source = "hf", "hf", tokenizer, f"{type(model).__name__} (in memory)"
@@ -118,6 +109,20 @@ def load_model(family: str | None = None, weights=None, *, config=None, tokenize
     )
     probe.self_check(bundle)
     return bundle
+
+
+def _check_in_memory(model, family, weights, config, tokenizer) -> None:
+    """What ``load_model(model=...)`` needs: no files, a tokenizer, a model type it attributes, float32 weights."""
+    if family not in (None, "hf") or weights is not None or config is not None:
+        raise ValueError("load_model(model=...) takes a model already in memory: give no family other than "
+                         "'hf', no weights and no config")
+    if tokenizer is None:
+        raise ValueError("load_model(model=...) needs tokenizer= (the model's tokenizer object or directory)")
+    families.check_supported_type(getattr(model, "config", None), f"the {type(model).__name__} given")
+    dtype = next(model.parameters()).dtype
+    if dtype != torch.float32:
+        raise ValueError(f"the {type(model).__name__} given holds {dtype} weights: give it in float32 "
+                         "(model.float()); precision='bfloat16' or 'float16' runs its passes in those under autocast")
 
 
 def _input_names(family: str, model: nn.Module, tokenizer) -> tuple:
