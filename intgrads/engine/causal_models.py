@@ -114,5 +114,41 @@ def causal_lm_bundle(model: nn.Module, tokenizer, device, source: str) -> Causal
     else:
         loaded = tokenizer
         _check_tokenizer(loaded, type(loaded).__name__, model)
-    return CausalLMBundle(model=model, tokenizer=loaded, device=device, source=source,
-                          keeps_logits="logits_to_keep" in inspect.signature(model.forward).parameters)
+    bundle = CausalLMBundle(model=model, tokenizer=loaded, device=device, source=source,
+                            keeps_logits="logits_to_keep" in inspect.signature(model.forward).parameters)
+    self_check(bundle)
+    return bundle
+
+
+def self_check(bundle: CausalLMBundle, sentence: str = "the good movie") -> None:
+    """What the engine relies on, checked at every load on one probe sentence: the token embedding runs exactly
+    once per forward pass, and the model fed that embedding's output as ``inputs_embeds`` (how the engine feeds the
+    path's points) gives the model's own logits on the ids (|diff| <= 1e-4 (1 + max |logit|)), also at the scored
+    positions alone (``logits_to_keep``). A model that fails is refused with ``ValueError`` naming its type."""
+    model = bundle.model
+    name = f"{getattr(model.config, 'model_type', '?')} model ({bundle.architecture})"
+    ids = torch.tensor([bundle.tokenizer(sentence, add_special_tokens=False)["input_ids"] or [0]],
+                       device=bundle.device)
+    mask = torch.ones_like(ids)
+    calls = []
+    handle = bundle.word_embedding.register_forward_hook(lambda module, args, output: calls.append(output.detach()))
+    try:
+        with torch.no_grad():
+            own = model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()
+            embedded = calls[0] if calls else None
+            fed = (model(inputs_embeds=embedded, attention_mask=mask, use_cache=False).logits.float()
+                   if len(calls) == 1 else None)
+            kept = (model(inputs_embeds=embedded, attention_mask=mask, use_cache=False,
+                          logits_to_keep=torch.tensor([ids.shape[1] - 1], device=ids.device)).logits.float()
+                    if fed is not None and bundle.keeps_logits else None)
+    finally:
+        handle.remove()
+    if len(calls) != 1:
+        raise ValueError(f"{name}: its token embedding runs {len(calls) if len(calls) < 4 else 'several'} times per "
+                         "forward pass (it must run exactly once); it cannot be attributed as a causal LM")
+    tolerance = 1e-4 * (1 + float(own.abs().max()))
+    if float((fed - own).abs().max()) > tolerance:
+        raise ValueError(f"{name}: fed its own token embeddings as inputs_embeds it does not reproduce its logits "
+                         f"(max |difference| {float((fed - own).abs().max()):.3g}); it cannot be attributed as a causal LM")
+    if kept is not None and float((kept[:, -1] - own[:, -1]).abs().max()) > tolerance:
+        raise ValueError(f"{name}: its logits at the scored positions alone (logits_to_keep) differ from its own")
