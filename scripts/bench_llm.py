@@ -3,7 +3,8 @@
 ``LayerIntegratedGradients`` on a Llama-shaped seeded model (about 100M parameters by default) on CPU.
 
 One request: a prompt of ``--prompt`` tokens and ``--target`` teacher-forced target tokens, pad baseline (the
-causal-LM default), score log-probability, the prompt interpolated and earlier target tokens real (``interpolate="prompt"``: what captum's LLMGradientAttribution computes: its baseline keeps the target tokens).
+causal-LM default), score log-probability, the prompt interpolated and earlier target tokens real
+(``interpolate="prompt"``: what captum's LLMGradientAttribution computes, its baseline keeps the target tokens).
 
 - equal steps: both at ``--steps`` Gauss-Legendre points (captum: one LayerIntegratedGradients per target token,
   batch of those points); the largest difference of the (T, L) attributions relative to their largest value;

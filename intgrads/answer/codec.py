@@ -38,7 +38,8 @@ assert tuple(DTYPES) == DTYPE_NAMES
 
 def prepare_answer(obj: Any, *, outputs=None, dtype: str | None = None) -> Any:
     """An answer (or list of answers) reduced to the keys in ``outputs`` (None: all; metadata keys are
-    always kept, and a causal LM answer's ``LM_ALWAYS_NAMES``; "idgi" brings "idgi_token_attributions") with its floating-point tensors cast to ``dtype``
+    always kept, and a causal LM answer's ``LM_ALWAYS_NAMES``; "idgi" brings "idgi_token_attributions") with its
+    floating-point tensors cast to ``dtype``
     ("float32" or "float16"; None: as is). Raises ValueError naming the allowed values for an unknown output name
     or dtype."""
     if isinstance(obj, list):

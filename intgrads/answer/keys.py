@@ -31,8 +31,8 @@ IDGI_NAMES = ("idgi", "idgi_token_attributions")
 # A causal LM's answer (``kind`` "causal_lm"; T target tokens, S path points, L input positions, H hidden; see
 # docs/causal-lm.md): these outputs always, the full tensors only when named, and its settings keys.
 LM_OUTPUT_NAMES = ("tokens", "input_ids", "target_tokens", "target_ids", "token_attributions",
-                   "step_token_attributions", "scores", "baseline_scores", "step_outputs", "convergence_delta", "alphas",
-                   "step_sizes")
+                   "step_token_attributions", "scores", "baseline_scores", "step_outputs", "convergence_delta",
+                   "alphas", "step_sizes")
 # ... of which these are always sent, whatever "outputs" names (they are small and say what the answer is about)
 LM_ALWAYS_NAMES = ("tokens", "input_ids", "target_tokens", "target_ids", "scores", "baseline_scores",
                    "convergence_delta", "alphas", "step_sizes")

@@ -31,7 +31,8 @@ class RunReport:
         """Count one new record of the index: answered (with or without warnings) or failed."""
         if record.get("error") is None:
             self.answered += 1
-            self.warned += bool(record.get("warnings"))
+            warnings = record.get("warnings") or []   # a causal LM's: one list per target token
+            self.warned += any(warnings) if record.get("kind") == "causal_lm" else bool(warnings)
         else:
             self.failed += 1
             self.errors[record["line"]] = record["error"]

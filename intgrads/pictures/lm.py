@@ -33,7 +33,7 @@ def lm_figure(answer, *, title: str | None = None):
     scale = float(np.abs(heat).max()) or 1.0
     cmap = LinearSegmentedColormap.from_list("intgrads", [tuple(c / 255 for c in colour)
                                                           for colour in (NEGATIVE, MIDDLE, POSITIVE)])
-    cmap.set_bad("#f0f0f0")
+    cmap = cmap.with_extremes(bad="#f0f0f0")
     inputs = [_shown(text) for text, _ in display_tokens(answer["tokens"])]
     targets = [_shown(text) for text, _ in display_tokens(answer["target_tokens"])]
     figure = Figure(figsize=(max(6.0, 0.42 * width + 2.5), 0.38 * count + 5.2), dpi=150)

@@ -159,7 +159,7 @@ def test_a_causal_lm_on_both_front_ends(server, ray_server, worker_threads, tmp_
                                                                "max_new_tokens": 3, "n_steps": 4},
                               headers={"Accept": "application/json"}, timeout=300).json()
     assert generated["generated"] is True and 1 <= len(generated["target_ids"]) <= 3
-    assert requests.get(f"{ray_server.base}/models/demo-lm", timeout=60).json()["kind"] == "causal_lm"
+    assert requests.get(f"{ray_server.base}/models/demo-lm", timeout=60).json()[0]["kind"] == "causal_lm"
     meta = server.manage("GET", "/models/demo-lm?customized=true").json()[0]["customizedMetadata"]
     assert (json.loads(meta) if isinstance(meta, str) else meta)["kind"] == "causal_lm"
     for base in (server.base, ray_server.base):
