@@ -1,18 +1,27 @@
-"""The JSON summary of an answer: what a client needs without the big tensors."""
+"""The JSON summary of an answer: what a client needs without the big tensors (NumPy: the answer's tensors may be
+torch's or NumPy's)."""
 
 from __future__ import annotations
 
-import torch
+import numpy as np
 
 from .keys import SETTINGS_KEYS
+
+
+def _float64(values) -> np.ndarray:
+    """A tensor (torch or NumPy) as a flat float64 NumPy array."""
+    if not isinstance(values, np.ndarray) and hasattr(values, "detach"):   # a torch tensor (bfloat16 too)
+        values = values.detach().double().cpu().numpy()
+    return np.asarray(values, dtype=np.float64).reshape(-1)
 
 
 def summarize_answer(answer: dict) -> dict:
     """A JSON-able digest of one answer: tokens, token attributions, logits, probabilities = softmax(logits),
     the predicted class (argmax) and its label, and the settings keys."""
-    logits = answer["logits"].reshape(-1).double()
-    probabilities = torch.softmax(logits, dim=0)
-    predicted = int(torch.argmax(logits))
+    logits = _float64(answer["logits"])
+    shifted = np.exp(logits - logits.max())
+    probabilities = shifted / shifted.sum()
+    predicted = int(np.argmax(logits))
     labels = answer.get("label_names") or []
     return {
         "tokens": list(answer["tokens"]),

@@ -26,7 +26,8 @@ from typing import Iterable
 import requests
 import urllib3
 
-from ..answer.checks import MAX_REBUILD_STEPS, AnswerInvalid, decode_checked
+from ..answer.checks import MAX_REBUILD_STEPS, AnswerInvalid, to_torch
+from ..answer.stream import StreamedAnswer
 from ..answer.keys import COMPACT_OUTPUTS, ENDPOINT_NAMES, HANDOFF_HEADER, HANDOFF_REQUEST, SUMMARY_HEADER
 from .handoff import HandoffRefused, HandoffTaker, on_this_machine
 from .index import open_output, sentence_fields, write_atomically
@@ -142,9 +143,9 @@ class Client:
         return self._post(sentence, options, binary=True).body
 
     def attribute(self, sentence: str, **options) -> dict:
-        """The answer dict for ``sentence`` (see docs/engine-api.md), decoded with ``weights_only=True`` and checked;
-        the options are :meth:`fetch`'s."""
-        return self._post(sentence, _request_options(**options), binary=True).answer
+        """The answer dict for ``sentence`` (see docs/engine-api.md), read with the allow-list reader, checked and
+        given as torch tensors; the options are :meth:`fetch`'s."""
+        return to_torch(self._post(sentence, _request_options(**options), binary=True).answer)
 
     def summary(self, sentence: str, *, target=None, n_steps=None, method=None, baseline=None, precision=None,
                 tolerance=None, max_steps=None) -> dict:
@@ -174,25 +175,32 @@ class Client:
         return report
 
     def _run_todo(self, run, options, report, concurrency, progress):
+        """``concurrency`` senders keep that many requests in flight; as many checkers check, write and index what
+        they fetched. A sender hands its reply over and sends the next request at once, so a server's workers do
+        not wait while an answer is checked; at most ``concurrency`` replies wait for a checker (the memory cap:
+        in all, at most 3 x concurrency answers are held, fetching, waiting or being checked)."""
         tasks: queue.Queue = queue.Queue()
+        fetched: queue.Queue = queue.Queue(maxsize=concurrency)
         results: queue.Queue = queue.Queue()
         for item in run.todo:
             tasks.put(item)
         stop = threading.Event()
-        workers = [threading.Thread(target=self._worker, args=(tasks, results, stop, options, run.output),
-                                    name=f"intgrads-client-{i}", daemon=True)
-                   for i in range(min(concurrency, len(run.todo)))]
+        count = min(concurrency, len(run.todo))
+        senders = [threading.Thread(target=self._sender, args=(tasks, fetched, results, stop, options),
+                                    name=f"intgrads-client-{i}", daemon=True) for i in range(count)]
+        checkers = [threading.Thread(target=self._checker, args=(fetched, results, stop, options, run.output),
+                                     name=f"intgrads-check-{i}", daemon=True) for i in range(count)]
         bar = progress_bar(len(run.todo), progress)
         abort = None
         try:
-            for worker in workers:
+            for worker in senders + checkers:
                 worker.start()
             pending = len(run.todo)
             while pending:
                 try:
                     record, error = results.get(timeout=0.2)
                 except queue.Empty:
-                    if not any(worker.is_alive() for worker in workers):
+                    if not any(worker.is_alive() for worker in senders + checkers):
                         break
                     continue
                 pending -= 1
@@ -212,35 +220,48 @@ class Client:
             raise RunAborted(f"stopped: {abort} (from {abort.url}); no sentence can succeed like this",
                              status=abort.status, url=abort.url, attempts=abort.attempts)
 
-    def _worker(self, tasks, results, stop, options, output):
+    def _sender(self, tasks, fetched, results, stop, options):
         while not stop.is_set():
             try:
                 line, sentence = tasks.get_nowait()
             except queue.Empty:
                 return
             started = time.monotonic()
-            record = {"line": line, **sentence_fields(sentence)}
+            try:
+                reply = self._post(sentence, options, binary=True, stop=stop, handoff=True, compact=True)
+            except Exception as error:  # noqa: BLE001 - recorded by _record
+                results.put(_record(line, sentence, options, started, error=error))
+                continue
+            while not stop.is_set():
+                try:
+                    fetched.put((line, sentence, started, reply), timeout=0.2)
+                    break
+                except queue.Full:
+                    continue
+
+    def _checker(self, fetched, results, stop, options, output):
+        while not stop.is_set():
+            try:
+                line, sentence, started, reply = fetched.get(timeout=0.2)
+            except queue.Empty:
+                continue
             try:
                 name = f"{line:06d}.gzip"
-                fields, url, attempts = self._answer_into(output / name, sentence, options, stop)
-                record.update(file=name, **fields, seconds=round(time.monotonic() - started, 4), attempts=attempts,
-                              url=url, options=options)
-                results.put((record, None))
-            except ClientError as error:
-                record.update(file=None, error=str(error), status=error.status,
-                              seconds=round(time.monotonic() - started, 4), attempts=error.attempts, url=error.url,
-                              options=options)
-                results.put((record, error))
+                fields, url, attempts = self._keep(reply, output / name, sentence, options, stop)
+                results.put(_record(line, sentence, options, started, fields=dict(file=name, **fields), url=url,
+                                    attempts=attempts))
             except Exception as error:  # noqa: BLE001 - a bug on one sentence must not hang the run
-                record.update(file=None, error=f"{type(error).__name__}: {error}", status=None,
-                              seconds=round(time.monotonic() - started, 4), attempts=1, url=None, options=options)
-                results.put((record, ClientError(str(error))))
+                results.put(_record(line, sentence, options, started, error=error))
 
     def _answer_into(self, path: Path, sentence: str, options: dict, stop) -> tuple[dict, str, int]:
-        """Get one answer into ``path`` and its index fields: from a server on this machine, the file it wrote
-        (renamed here, no copy) when it is provably the answer; else, or when that file cannot be taken, the body.
-        Returns (fields, url, tries)."""
+        """Get one answer into ``path`` and its index fields (see :meth:`_keep`). Returns (fields, url, tries)."""
         reply = self._post(sentence, options, binary=True, stop=stop, handoff=True, compact=True)
+        return self._keep(reply, path, sentence, options, stop)
+
+    def _keep(self, reply: Reply, path: Path, sentence: str, options: dict, stop) -> tuple[dict, str, int]:
+        """Keep the answer of ``reply`` in ``path``: from a server on this machine, the file it wrote (renamed here,
+        no copy) when it is provably the answer; else, or when that file cannot be taken, the body (asked again
+        as one). Returns (fields, url, tries)."""
         attempts = reply.attempts
         if reply.handoff:
             try:
@@ -335,8 +356,10 @@ class Client:
                                                 timeout=(min(10.0, self.timeout), self.timeout))
                 with response:
                     answer_body = binary and response.status_code == 200
+                    reply.stream = StreamedAnswer() if answer_body else None   # inflated as it arrives
                     reply.body = read_capped(response, self.max_answer_bytes if answer_body else MAX_SMALL_BODY,
-                                             truncate=response.status_code != 200)
+                                             truncate=response.status_code != 200,
+                                             sink=reply.stream.feed if answer_body else None)
                 reply.headers = response.headers
                 error = self._refusal(reply, response.status_code, binary)
                 if error is None:
@@ -370,7 +393,7 @@ class Client:
                                    f"({reply.headers.get('Content-Type', 'no content type')})", status=status,
                                    url=url, attempts=reply.attempts)
             try:
-                reply.answer = decode_checked(body, compact=reply.compact)
+                reply.answer = reply.stream.answer(compact=reply.compact)
             except AnswerInvalid as exc:   # cut short or damaged on the way: asked again
                 return ClientError(f"the server at {url} sent a broken answer: {exc}", url=url,
                                    attempts=reply.attempts)
@@ -403,6 +426,20 @@ class Client:
 
 
 _ASK_AGAIN = ClientError("ask again")   # a marker: the same try again at once, without a file or x and b
+
+
+def _record(line, sentence, options, started, *, fields=None, url=None, attempts=1, error=None):
+    """(index record, error or None) of one sentence: its answer's fields, or why it has none."""
+    record = {"line": line, **sentence_fields(sentence)}
+    seconds = round(time.monotonic() - started, 4)
+    if error is None:
+        record.update(**fields, seconds=seconds, attempts=attempts, url=url, options=options)
+        return record, None
+    if not isinstance(error, ClientError):   # a bug on one sentence: recorded, the run goes on
+        error = ClientError(f"{type(error).__name__}: {error}")
+    record.update(file=None, error=str(error), status=error.status, seconds=seconds, attempts=error.attempts,
+                  url=error.url, options=options)
+    return record, error
 
 
 def _numbered(sentences) -> list[tuple[int, str]]:
