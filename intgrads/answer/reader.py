@@ -199,19 +199,27 @@ def _tensor(storage, offset, size, stride, requires_grad, hooks, *metadata):
 
 
 def _check_shape(value) -> None:
-    """No container inside itself, none reached twice, nesting at most MAX_DEPTH."""
-    seen: set = set()
-    todo = [(value, 0)]
+    """No container inside itself (a cycle), nesting at most MAX_DEPTH; a container shared by two others (a
+    pickle memo) is walked once."""
+    done: set = set()
+    path: set = set()
+    todo = [(value, 0, False)]
     while todo:
-        item, depth = todo.pop()
-        if isinstance(item, (dict, list, tuple)):
-            if depth > MAX_DEPTH:
-                raise ReadRefused(f"the answer nests deeper than {MAX_DEPTH}")
-            if id(item) in seen:
-                raise ReadRefused("the answer holds a container twice")
-            seen.add(id(item))
-            children = (*item.keys(), *item.values()) if isinstance(item, dict) else item
-            todo.extend((child, depth + 1) for child in children)
+        item, depth, leaving = todo.pop()
+        if leaving:
+            path.discard(id(item))
+            done.add(id(item))
+            continue
+        if not isinstance(item, (dict, list, tuple)) or id(item) in done:
+            continue
+        if id(item) in path:
+            raise ReadRefused("the answer holds a container inside itself")
+        if depth > MAX_DEPTH:
+            raise ReadRefused(f"the answer nests deeper than {MAX_DEPTH}")
+        path.add(id(item))
+        todo.append((item, depth, True))
+        children = (*item.keys(), *item.values()) if isinstance(item, dict) else item
+        todo.extend((child, depth + 1, False) for child in children)
 
 
 # -- the opcodes ------------------------------------------------------------------------------------------------
