@@ -219,3 +219,16 @@ def test_the_clients_command_keeps_a_plain_answer_without_torch(stub, tmp_path):
     assert done.stdout.split()[-2:] == ["0", "False"], done.stdout + done.stderr
     record = json.loads((tmp_path / "out" / "index.jsonl").read_text().splitlines()[-1])
     assert record["file"] == "000001.gzip" and (tmp_path / "out" / "000001.gzip").read_bytes() == stub.sent[SENTENCE]
+
+
+def test_the_batch_job_adopts_a_whole_answer_file_by_its_own_dtype(answers, tmp_path):
+    from intgrads.batch.adopt import _recovered
+
+    path = tmp_path / "000001.gzip"
+    for name, dtype in (("whole", "float32"), ("half", "float16")):
+        path.write_bytes(intgrads.encode_answer(answers[name]))
+        fields = {"n_steps": 12, "dtype": dtype}
+        record = _recovered(path, 1, SENTENCE, fields)
+        assert record is not None and record["recovered"] and record["n_steps"] == 12, name
+        other = "float16" if dtype == "float32" else "float32"
+        assert _recovered(path, 1, SENTENCE, {**fields, "dtype": other}) is None
