@@ -4,7 +4,8 @@ concurrency, retries with backoff and round-robin over servers) and the index fi
 In a run each answer arrives the cheapest way it can: from a server on this machine as the file it wrote
 (renamed into the output); from a server on another machine, as a compact body, x and b instead of the
 intermediates, which ``intgrads.answer.rebuild`` turns back into the whole answer before it is written (about
-half the bytes on the network).
+half the bytes on the network). Senders keep the requests in flight while checkers check, write and index what
+they fetched, so a server's workers do not wait on the client's checks; a body is inflated as it arrives.
 
 Nothing a server sends is trusted (``intake``, ``handoff``): a body is read up to a size the client chose, every
 answer is decoded with a bound and checked whole and consistent before it is written or rebuilt, its settings
