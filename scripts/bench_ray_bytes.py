@@ -39,14 +39,7 @@ class Bytes:
             return Response(payload, media_type="application/octet-stream", headers=headers)
         view = memoryview(payload)
         pieces = (bytes(view[start:start + piece]) for start in range(0, len(payload), piece))
-        if not os.environ.get("INTGRADS_BENCH_SYNC_PIECES"):   # as intgrads.rayserve.http sends them
-            pieces = each(pieces)
         return StreamingResponse(pieces, media_type="application/octet-stream", headers=headers)
-
-
-async def each(pieces):
-    for piece in pieces:
-        yield piece
 
 app = Bytes.bind()
 '''

@@ -76,15 +76,10 @@ def response(reply: Reply) -> Response:
     """A Starlette response: a gzip body in pieces (a streamed, chunked response), any other whole."""
     headers = {name: value for name, value in reply.headers.items()}
     pieces = reply.pieces()
-    if len(pieces) > 1:   # an async iterator: Starlette sends each piece in its loop, no thread hop per piece
-        return StreamingResponse(_each(pieces), status_code=reply.status, media_type=reply.content_type,
+    if len(pieces) > 1:
+        return StreamingResponse(iter(pieces), status_code=reply.status, media_type=reply.content_type,
                                  headers=headers)
     return Response(pieces[0], status_code=reply.status, media_type=reply.content_type, headers=headers)
-
-
-async def _each(pieces):
-    for piece in pieces:
-        yield piece
 
 
 def json_response(status: int, value) -> Response:
