@@ -122,6 +122,7 @@ class Client:
         self._url_lock = threading.Lock()
         self._local = threading.local()
         self._no_handoff: set = set()
+        self._proven: set = set()         # servers whose answer files were taken (checked beside the next request)
         self._handoff_paused: dict = {}   # url -> time.monotonic() until which it is not asked for files
         self._taker = HandoffTaker()
         if max_answer_bytes < 1:
@@ -179,7 +180,9 @@ class Client:
         """``concurrency`` senders keep that many requests in flight; as many checkers check, write and index what
         they fetched. A sender hands its reply over and sends the next request at once, so a server's workers do
         not wait while an answer is checked; at most ``concurrency`` replies wait for a checker (the memory cap:
-        in all, at most 3 x concurrency answers are held, fetching, waiting or being checked)."""
+        in all, at most 3 x concurrency answers are held, fetching, waiting or being checked). A server's first
+        answer file is checked by its sender, before the next request: whether its files can be taken decides
+        how the next one is asked."""
         tasks: queue.Queue = queue.Queue()
         fetched: queue.Queue = queue.Queue(maxsize=concurrency)
         results: queue.Queue = queue.Queue()
@@ -187,7 +190,7 @@ class Client:
             tasks.put(item)
         stop = threading.Event()
         count = min(concurrency, len(run.todo))
-        senders = [threading.Thread(target=self._sender, args=(tasks, fetched, results, stop, options),
+        senders = [threading.Thread(target=self._sender, args=(tasks, fetched, results, stop, options, run.output),
                                     name=f"intgrads-client-{i}", daemon=True) for i in range(count)]
         checkers = [threading.Thread(target=self._checker, args=(fetched, results, stop, options, run.output),
                                      name=f"intgrads-check-{i}", daemon=True) for i in range(count)]
@@ -221,7 +224,7 @@ class Client:
             raise RunAborted(f"stopped: {abort} (from {abort.url}); no sentence can succeed like this",
                              status=abort.status, url=abort.url, attempts=abort.attempts)
 
-    def _sender(self, tasks, fetched, results, stop, options):
+    def _sender(self, tasks, fetched, results, stop, options, output):
         while not stop.is_set():
             try:
                 line, sentence = tasks.get_nowait()
@@ -232,6 +235,9 @@ class Client:
                 reply = self._post(sentence, options, binary=True, stop=stop, handoff=True, compact=True)
             except Exception as error:  # noqa: BLE001 - recorded by _record
                 results.put(_record(line, sentence, options, started, error=error))
+                continue
+            if reply.handoff and reply.url not in self._proven:   # a server's first file: learn whether files
+                self._finish(line, sentence, started, reply, options, output, results, stop)   # work, then send
                 continue
             while not stop.is_set():
                 try:
@@ -246,13 +252,17 @@ class Client:
                 line, sentence, started, reply = fetched.get(timeout=0.2)
             except queue.Empty:
                 continue
-            try:
-                name = f"{line:06d}.gzip"
-                fields, url, attempts = self._keep(reply, output / name, sentence, options, stop)
-                results.put(_record(line, sentence, options, started, fields=dict(file=name, **fields), url=url,
-                                    attempts=attempts))
-            except Exception as error:  # noqa: BLE001 - a bug on one sentence must not hang the run
-                results.put(_record(line, sentence, options, started, error=error))
+            self._finish(line, sentence, started, reply, options, output, results, stop)
+
+    def _finish(self, line, sentence, started, reply, options, output, results, stop):
+        """Check, write and index one fetched reply; its record (or why it has none) into ``results``."""
+        try:
+            name = f"{line:06d}.gzip"
+            fields, url, attempts = self._keep(reply, output / name, sentence, options, stop)
+            results.put(_record(line, sentence, options, started, fields=dict(file=name, **fields), url=url,
+                                attempts=attempts))
+        except Exception as error:  # noqa: BLE001 - a bug on one sentence must not hang the run
+            results.put(_record(line, sentence, options, started, error=error))
 
     def _answer_into(self, path: Path, sentence: str, options: dict, stop) -> tuple[dict, str, int]:
         """Get one answer into ``path`` and its index fields (see :meth:`_keep`). Returns (fields, url, tries)."""
@@ -300,6 +310,8 @@ class Client:
                 raise HandoffRefused(f"the file is not the answer asked for: {error}") from None
 
         self._taker.take(reply.url, pointer_of(reply.body), path, sent_at=reply.sent_at, check=check)
+        with self._url_lock:
+            self._proven.add(reply.url)
         return fields
 
     # -- HTTP -----------------------------------------------------------------------------------------------
