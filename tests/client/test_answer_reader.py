@@ -232,3 +232,26 @@ def test_the_batch_job_adopts_a_whole_answer_file_by_its_own_dtype(answers, tmp_
         assert record is not None and record["recovered"] and record["n_steps"] == 12, name
         other = "float16" if dtype == "float32" else "float32"
         assert _recovered(path, 1, SENTENCE, {**fields, "dtype": other}) is None
+
+
+def test_a_streamed_body_meets_the_bounds_of_a_whole_one():
+    """Fed in pieces, a gzip is refused as decompress_bounded refuses it (the oracle: stdlib gzip), and a body
+    whose first megabytes are zeros (held back, not refused) inflates whole."""
+    from intgrads.answer.checks import INFLATION_SLACK, MAX_INFLATION
+
+    def streamed(payload, piece=4096):
+        stream = StreamedAnswer()
+        for start in range(0, len(payload), piece):
+            stream.feed(payload[start:start + piece])
+        return stream.raw()
+
+    front = bytes(12 << 20) + os.urandom(2 << 20)     # 14 MB, 12 of them zeros first: within 8 x its ~2 MB gzip
+    payload = gzip.compress(front, compresslevel=1)
+    assert len(front) <= MAX_INFLATION * len(payload) + INFLATION_SLACK
+    assert streamed(payload, 1 << 16) == front
+    bomb = gzip.compress(bytes(30 << 20), compresslevel=1)
+    for bad, why in ((payload + gzip.compress(b"more"), "bytes follow"), (payload[:-9], "cut short"),
+                     (payload[:-8] + b"\0\0\0\0" + payload[-4:], "damaged"), (bomb, "inflates past"),
+                     (b"{}", "not a gzip")):
+        with pytest.raises(AnswerInvalid, match=why):
+            streamed(bad)
