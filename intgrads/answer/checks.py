@@ -18,15 +18,16 @@ an answer is written or rebuilt it goes through :func:`decode_checked`:
 
   every tensor that is there has its shape, a float dtype (int64 for the ids) and finite values where the
   engine refuses others; ``method`` is a known rule and, for N <= ``RULE_CHECK_STEPS``, the step sizes (and
-  alphas) are that rule's own.
+  alphas) are that rule's own. A compact answer (x and b instead of the intermediates) must carry what the
+  rebuild needs and, without ``alphas``, at most ``MAX_REBUILD_STEPS`` steps: the Gauss-Legendre rule of n
+  points costs O(n^2) memory and O(n^3) time to build.
 
 No torch: the answer is read by :mod:`intgrads.answer.reader` (its tensors as NumPy views of the inflated
 bytes) and checked with NumPy; :func:`check_answer` takes torch tensors too (as NumPy views). Step sizes and
 Gauss-Legendre points are compared bit for bit; a Riemann rule's alphas (``torch.linspace`` in float32 on the
-server, whose rounding NumPy does not reproduce) to within ``ALPHA_ULPS`` units in the last place of the exact
-points, a thousandth of the distance between two rules' points even at 1024 steps. A compact answer (x and b instead of the intermediates) must carry what the
-  rebuild needs and, without ``alphas``, at most ``MAX_REBUILD_STEPS`` steps: the Gauss-Legendre rule of n
-  points costs O(n^2) memory and O(n^3) time to build.
+server, whose rounding NumPy does not reproduce) must be the exact points moved by at most ``ALPHA_ULPS``
+float32 units in the last place, then rounded to the answer's dtype: a thousandth of the distance between two
+rules' points at 1024 steps.
 """
 
 from __future__ import annotations
@@ -250,10 +251,14 @@ def rule_of(method: str, steps: int):
 
 
 def _near(given, exact) -> bool:
-    """Every point within ALPHA_ULPS units in the last place (of ``given``'s dtype) of the exact one."""
+    """Every point between the exact one moved ALPHA_ULPS float32 units in the last place down and up, each end
+    rounded to float32 and then to ``given``'s dtype (rounding keeps the order)."""
     exact = np.asarray(exact, dtype=np.float64).reshape(given.shape)
-    ulp = np.spacing(np.abs(exact).astype(given.dtype)).astype(np.float64)
-    return bool(np.all(np.abs(given.astype(np.float64) - exact) <= ALPHA_ULPS * ulp))
+    ulp = np.spacing(np.abs(exact).astype(np.float32)).astype(np.float64)
+    low, high = ((exact + sign * ALPHA_ULPS * ulp).astype(np.float32).astype(given.dtype).astype(np.float64)
+                 for sign in (-1, 1))
+    value = given.astype(np.float64)
+    return bool(np.all((low <= value) & (value <= high)))
 
 
 def _same(given, rule) -> bool:

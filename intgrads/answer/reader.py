@@ -100,8 +100,8 @@ def read_saved(raw):
         value = _Machine(found[pickles[0]], found, prefix).run()
     except ReadRefused:
         raise
-    except (ValueError, TypeError, IndexError, KeyError, struct.error, UnicodeDecodeError, OverflowError,
-            MemoryError, RecursionError) as error:
+    except (ValueError, TypeError, IndexError, KeyError, AttributeError, struct.error, UnicodeDecodeError,
+            OverflowError, MemoryError, RecursionError) as error:
         raise ReadRefused(f"the answer's pickle is damaged ({type(error).__name__}: {str(error)[:120]})") from None
     _check_shape(value)
     return value

@@ -83,7 +83,7 @@ def test_every_rule_of_the_engine_passes_and_another_does_not():
     """The checks' NumPy rules against the engine's (torch.linspace for Riemann points), in float32 and float16."""
     for method in METHODS:
         for n in (1, 2, 3, 9, 10, 13, 17, 50, 64, 257, 1000, 1024):
-            if n < (1 if method == "gausslegendre" else 2) or (method == "gausslegendre" and n > 300):
+            if n < (1 if method == "gausslegendre" else 2) or (method == "gausslegendre" and n > 64):
                 continue
             sizes, alphas = step_sizes_and_alphas(method, n)
             for dtype in (torch.float32, torch.float16):
@@ -91,11 +91,11 @@ def test_every_rule_of_the_engine_passes_and_another_does_not():
                           "step_sizes": torch.tensor(sizes).to(dtype).view(n, 1).numpy(),
                           "alphas": torch.tensor(alphas).to(dtype).numpy()}
                 check_answer(answer)
-            other = "riemann_right" if method != "riemann_right" else "riemann_left"
-            if n > 2 and dtype == torch.float16 and n < 1000:
-                wrong = {**answer, "alphas": torch.tensor(step_sizes_and_alphas(other, n)[1]).numpy()}
-                with pytest.raises(AnswerInvalid, match="alphas are not those"):
-                    check_answer(wrong)
+                other = "riemann_right" if method != "riemann_right" else "riemann_left"
+                if n > 2:
+                    wrong = {**answer, "alphas": torch.tensor(step_sizes_and_alphas(other, n)[1]).to(dtype).numpy()}
+                    with pytest.raises(AnswerInvalid, match="alphas are not those"):
+                        check_answer(wrong)
     assert np.array_equal(rule_of("gausslegendre", 7)[0], step_sizes_and_alphas("gausslegendre", 7)[0])
 
 
