@@ -1,10 +1,18 @@
-"""The JSON summary of an answer: what a client needs without the big tensors."""
+"""The JSON summary of an answer: what a client needs without the big tensors (NumPy: the answer's tensors may be
+torch's or NumPy's)."""
 
 from __future__ import annotations
 
-import torch
+import numpy as np
 
 from .keys import LM_SETTINGS_KEYS, SETTINGS_KEYS
+
+
+def _float64(values) -> np.ndarray:
+    """A tensor (torch or NumPy) as a flat float64 NumPy array."""
+    if not isinstance(values, np.ndarray) and hasattr(values, "detach"):   # a torch tensor (bfloat16 too)
+        values = values.detach().double().cpu().numpy()
+    return np.asarray(values, dtype=np.float64).reshape(-1)
 
 
 def summarize_answer(answer: dict) -> dict:
@@ -13,9 +21,10 @@ def summarize_answer(answer: dict) -> dict:
     :func:`summarize_lm_answer`."""
     if answer.get("kind") == "causal_lm":
         return summarize_lm_answer(answer)
-    logits = answer["logits"].reshape(-1).double()
-    probabilities = torch.softmax(logits, dim=0)
-    predicted = int(torch.argmax(logits))
+    logits = _float64(answer["logits"])
+    shifted = np.exp(logits - logits.max())
+    probabilities = shifted / shifted.sum()
+    predicted = int(np.argmax(logits))
     labels = answer.get("label_names") or []
     return {
         "tokens": list(answer["tokens"]),
@@ -36,7 +45,8 @@ def summarize_lm_answer(answer: dict) -> dict:
     """A causal LM answer's digest: input and target tokens, the (T, L) token attributions as lists, the scores at
     the input and the baseline, the convergence deltas, and the settings keys."""
     def floats(tensor):
-        return tensor.double().tolist()
+        values = tensor.detach().double().cpu().numpy() if hasattr(tensor, "detach") else np.asarray(tensor, np.float64)
+        return values.tolist()
 
     return {
         "tokens": list(answer["tokens"]),

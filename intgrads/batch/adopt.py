@@ -53,9 +53,10 @@ def _outputs(answer: dict) -> set:
 
 
 def _dtype(answer: dict) -> str | None:
-    import torch
+    """The float dtype of the answer's first float tensor (NumPy arrays: the checked reader's)."""
+    import numpy as np
 
     for value in answer.values():
-        if isinstance(value, torch.Tensor) and value.is_floating_point():
-            return str(value.dtype).removeprefix("torch.")
+        if isinstance(value, np.ndarray) and np.issubdtype(value.dtype, np.floating):
+            return str(value.dtype)
     return None

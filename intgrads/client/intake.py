@@ -30,15 +30,17 @@ class AnswerRefused(ValueError):
     """The server's answer is not the one asked for, or contradicts its own summary."""
 
 
-def read_capped(response, cap: int, *, truncate: bool = False) -> bytes:
+def read_capped(response, cap: int, *, truncate: bool = False, sink=None) -> bytes:
     """The raw body of ``response`` (a streamed ``requests`` response), at most ``cap`` bytes, never reading
     past the cap: a longer one raises :class:`AnswerRefused`, or with ``truncate`` is cut there (an error's
-    message)."""
+    message). ``sink``, if given, gets each chunk as it arrives (an answer inflated on the way)."""
     chunks, total = [], 0
     while True:
         chunk = response.raw.read(min(1 << 20, cap + 1 - total), decode_content=False)
         if not chunk:
             return b"".join(chunks)
+        if sink is not None and total + len(chunk) <= cap:
+            sink(chunk)
         chunks.append(chunk)
         total += len(chunk)
         if total > cap:
@@ -109,11 +111,13 @@ def index_fields(answer: dict, header: str | None) -> dict:
 
 
 def rebuilt(answer: dict) -> tuple[dict, bytes]:
-    """A checked compact answer (x and b) turned back into the whole one, and its gzip bytes."""
+    """A checked compact answer (x and b) turned back into the whole one, and its gzip bytes (imports torch: the
+    engine's own interpolation and torch.save)."""
+    from ..answer.checks import to_torch
     from ..answer.codec import encode_answer
     from ..answer.rebuild import rebuild_intermediates
 
-    whole = rebuild_intermediates(answer)
+    whole = rebuild_intermediates(to_torch(answer))
     return whole, encode_answer(whole)
 
 
@@ -129,6 +133,7 @@ class Reply:
     compact: bool = False   # the body is an answer with x and b instead of the intermediates, as asked
     sent_at: float = 0.0    # wall-clock time the try was sent (file times are wall-clock)
     answer: dict | None = None   # the checked answer of a gzip body
+    stream: object = None        # its StreamedAnswer, fed while the body arrived
 
 
 def error_text(body: bytes) -> str:

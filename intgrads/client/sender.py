@@ -4,7 +4,8 @@ concurrency, retries with backoff and round-robin over servers) and the index fi
 In a run each answer arrives the cheapest way it can: from a server on this machine as the file it wrote
 (renamed into the output); from a server on another machine, as a compact body, x and b instead of the
 intermediates, which ``intgrads.answer.rebuild`` turns back into the whole answer before it is written (about
-half the bytes on the network).
+half the bytes on the network). Senders keep the requests in flight while checkers check, write and index what
+they fetched, so a server's workers do not wait on the client's checks; a body is inflated as it arrives.
 
 Nothing a server sends is trusted (``intake``, ``handoff``): a body is read up to a size the client chose, every
 answer is decoded with a bound and checked whole and consistent before it is written or rebuilt, its settings
@@ -27,7 +28,8 @@ from typing import Iterable
 import requests
 import urllib3
 
-from ..answer.checks import MAX_REBUILD_STEPS, AnswerInvalid, decode_checked
+from ..answer.checks import MAX_REBUILD_STEPS, AnswerInvalid, to_torch
+from ..answer.stream import StreamedAnswer
 from ..answer.keys import COMPACT_OUTPUTS, ENDPOINT_NAMES, HANDOFF_HEADER, HANDOFF_REQUEST, SUMMARY_HEADER
 from .handoff import HandoffRefused, HandoffTaker, on_this_machine
 from .index import open_output, sentence_fields, write_atomically
@@ -155,6 +157,7 @@ class Client:
         self._url_lock = threading.Lock()
         self._local = threading.local()
         self._no_handoff: set = set()
+        self._proven: set = set()         # servers whose answer files were taken (checked beside the next request)
         self._handoff_paused: dict = {}   # url -> time.monotonic() until which it is not asked for files
         self._taker = HandoffTaker()
         if max_answer_bytes < 1:
@@ -179,9 +182,9 @@ class Client:
         return self._post(sentence, options, binary=True).body
 
     def attribute(self, sentence: str, **options) -> dict:
-        """The answer dict for ``sentence`` (see docs/engine-api.md), decoded with ``weights_only=True`` and checked;
-        the options are :meth:`fetch`'s."""
-        return self._post(sentence, _request_options(**options), binary=True).answer
+        """The answer dict for ``sentence`` (see docs/engine-api.md), read with the allow-list reader, checked and
+        given as torch tensors; the options are :meth:`fetch`'s."""
+        return to_torch(self._post(sentence, _request_options(**options), binary=True).answer)
 
     def summary(self, sentence: str, *, target=None, n_steps=None, method=None, baseline=None, precision=None,
                 tolerance=None, max_steps=None) -> dict:
@@ -215,25 +218,34 @@ class Client:
         return report
 
     def _run_todo(self, run, options, report, concurrency, progress):
+        """``concurrency`` senders keep that many requests in flight; as many checkers check, write and index what
+        they fetched. A sender hands its reply over and sends the next request at once, so a server's workers do
+        not wait while an answer is checked; at most ``concurrency`` replies wait for a checker (the memory cap:
+        in all, at most 3 x concurrency answers are held, fetching, waiting or being checked). A server's first
+        answer file is checked by its sender, before the next request: whether its files can be taken decides
+        how the next one is asked."""
         tasks: queue.Queue = queue.Queue()
+        fetched: queue.Queue = queue.Queue(maxsize=concurrency)
         results: queue.Queue = queue.Queue()
         for item in run.todo:
             tasks.put(item)
         stop = threading.Event()
-        workers = [threading.Thread(target=self._worker, args=(tasks, results, stop, options, run.output),
-                                    name=f"intgrads-client-{i}", daemon=True)
-                   for i in range(min(concurrency, len(run.todo)))]
+        count = min(concurrency, len(run.todo))
+        senders = [threading.Thread(target=self._sender, args=(tasks, fetched, results, stop, options, run.output),
+                                    name=f"intgrads-client-{i}", daemon=True) for i in range(count)]
+        checkers = [threading.Thread(target=self._checker, args=(fetched, results, stop, options, run.output),
+                                     name=f"intgrads-check-{i}", daemon=True) for i in range(count)]
         bar = progress_bar(len(run.todo), progress)
         abort = None
         try:
-            for worker in workers:
+            for worker in senders + checkers:
                 worker.start()
             pending = len(run.todo)
             while pending:
                 try:
                     record, error = results.get(timeout=0.2)
                 except queue.Empty:
-                    if not any(worker.is_alive() for worker in workers):
+                    if not any(worker.is_alive() for worker in senders + checkers):
                         break
                     continue
                 pending -= 1
@@ -255,36 +267,56 @@ class Client:
             raise RunAborted(f"stopped: {abort} (from {abort.url}); no sentence can succeed like this",
                              status=abort.status, url=abort.url, attempts=abort.attempts)
 
-    def _worker(self, tasks, results, stop, options, output):
+    def _sender(self, tasks, fetched, results, stop, options, output):
         while not stop.is_set():
             try:
                 line, sentence = tasks.get_nowait()
             except queue.Empty:
                 return
             started = time.monotonic()
-            record = {"line": line, **sentence_fields(sentence)}
             try:
-                name = f"{line:06d}.gzip"
-                fields, url, attempts = self._answer_into(output / name, sentence, options, stop)
-                record.update(file=name, **fields, seconds=round(time.monotonic() - started, 4), attempts=attempts,
-                              url=url, options=options)
-                results.put((record, None))
-            except ClientError as error:
-                record.update(file=None, error=str(error), status=error.status,
-                              seconds=round(time.monotonic() - started, 4), attempts=error.attempts, url=error.url,
-                              options=options)
-                results.put((record, error))
-            except Exception as error:  # noqa: BLE001 - a bug on one sentence must not hang the run
-                record.update(file=None, error=f"{type(error).__name__}: {error}", status=None,
-                              seconds=round(time.monotonic() - started, 4), attempts=1, url=None, options=options)
-                results.put((record, ClientError(str(error))))
+                reply = self._post(sentence, options, binary=True, stop=stop, handoff=True,
+                                   compact=_compact(sentence))
+            except Exception as error:  # noqa: BLE001 - recorded by _record
+                results.put(_record(line, sentence, options, started, error=error))
+                continue
+            if reply.handoff and reply.url not in self._proven:   # a server's first file: learn whether files
+                self._finish(line, sentence, started, reply, options, output, results, stop)   # work, then send
+                continue
+            while not stop.is_set():
+                try:
+                    fetched.put((line, sentence, started, reply), timeout=0.2)
+                    break
+                except queue.Full:
+                    continue
+
+    def _checker(self, fetched, results, stop, options, output):
+        while not stop.is_set():
+            try:
+                line, sentence, started, reply = fetched.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            self._finish(line, sentence, started, reply, options, output, results, stop)
+
+    def _finish(self, line, sentence, started, reply, options, output, results, stop):
+        """Check, write and index one fetched reply; its record (or why it has none) into ``results``."""
+        try:
+            name = f"{line:06d}.gzip"
+            fields, url, attempts = self._keep(reply, output / name, sentence, options, stop)
+            results.put(_record(line, sentence, options, started, fields=dict(file=name, **fields), url=url,
+                                attempts=attempts))
+        except Exception as error:  # noqa: BLE001 - a bug on one sentence must not hang the run
+            results.put(_record(line, sentence, options, started, error=error))
 
     def _answer_into(self, path: Path, sentence: str, options: dict, stop) -> tuple[dict, str, int]:
-        """Get one answer into ``path`` and its index fields: from a server on this machine, the file it wrote
-        (renamed here, no copy) when it is provably the answer; else, or when that file cannot be taken, the body.
-        Returns (fields, url, tries)."""
-        compact = not hasattr(sentence, "fields")   # a causal LM answer has no x and b to rebuild from
-        reply = self._post(sentence, options, binary=True, stop=stop, handoff=True, compact=compact)
+        """Get one answer into ``path`` and its index fields (see :meth:`_keep`). Returns (fields, url, tries)."""
+        reply = self._post(sentence, options, binary=True, stop=stop, handoff=True, compact=_compact(sentence))
+        return self._keep(reply, path, sentence, options, stop)
+
+    def _keep(self, reply: Reply, path: Path, sentence: str, options: dict, stop) -> tuple[dict, str, int]:
+        """Keep the answer of ``reply`` in ``path``: from a server on this machine, the file it wrote (renamed here,
+        no copy) when it is provably the answer; else, or when that file cannot be taken, the body (asked again
+        as one). Returns (fields, url, tries)."""
         attempts = reply.attempts
         if reply.handoff:
             try:
@@ -293,7 +325,7 @@ class Client:
                 with self._url_lock:
                     self._no_handoff.add(reply.url)   # this server's files are out of reach: bodies from now on
                 self.handoff_fallbacks.append(f"{reply.url}: {error}")
-                reply = self._post(sentence, options, binary=True, stop=stop, handoff=False, compact=compact)
+                reply = self._post(sentence, options, binary=True, stop=stop, handoff=False, compact=_compact(sentence))
                 attempts += reply.attempts
         try:
             answer, body = reply.answer, reply.body
@@ -322,6 +354,8 @@ class Client:
                 raise HandoffRefused(f"the file is not the answer asked for: {error}") from None
 
         self._taker.take(reply.url, pointer_of(reply.body), path, sent_at=reply.sent_at, check=check)
+        with self._url_lock:
+            self._proven.add(reply.url)
         return fields
 
     # -- HTTP -----------------------------------------------------------------------------------------------
@@ -382,8 +416,10 @@ class Client:
                 self._answered = True
                 with response:
                     answer_body = binary and response.status_code == 200
+                    reply.stream = StreamedAnswer() if answer_body else None   # inflated as it arrives
                     reply.body = read_capped(response, self.max_answer_bytes if answer_body else MAX_SMALL_BODY,
-                                             truncate=response.status_code != 200)
+                                             truncate=response.status_code != 200,
+                                             sink=reply.stream.feed if answer_body else None)
                 reply.headers = response.headers
                 error = self._refusal(reply, response.status_code, binary)
                 if error is None:
@@ -434,7 +470,7 @@ class Client:
                                    f"({reply.headers.get('Content-Type', 'no content type')})", status=status,
                                    url=url, attempts=reply.attempts)
             try:
-                reply.answer = decode_checked(body, compact=reply.compact)
+                reply.answer = reply.stream.answer(compact=reply.compact)
             except AnswerInvalid as exc:   # cut short or damaged on the way: asked again
                 return ClientError(f"the server at {url} sent a broken answer: {exc}", url=url,
                                    attempts=reply.attempts)
@@ -467,6 +503,26 @@ class Client:
 
 
 _ASK_AGAIN = ClientError("ask again")   # a marker: the same try again at once, without a file or x and b
+
+
+def _compact(sentence) -> bool:
+    """Whether to ask for a compact answer (x and b instead of the intermediates, rebuilt here): a classifier's;
+    a causal LM's request (a JSONL line with fields) has no x and b to rebuild from."""
+    return not hasattr(sentence, "fields")
+
+
+def _record(line, sentence, options, started, *, fields=None, url=None, attempts=1, error=None):
+    """(index record, error or None) of one sentence: its answer's fields, or why it has none."""
+    record = {"line": line, **sentence_fields(sentence)}
+    seconds = round(time.monotonic() - started, 4)
+    if error is None:
+        record.update(**fields, seconds=seconds, attempts=attempts, url=url, options=options)
+        return record, None
+    if not isinstance(error, ClientError):   # a bug on one sentence: recorded, the run goes on
+        error = ClientError(f"{type(error).__name__}: {error}")
+    record.update(file=None, error=str(error), status=error.status, seconds=seconds, attempts=error.attempts,
+                  url=error.url, options=options)
+    return record, error
 
 
 def _numbered(sentences) -> list[tuple[int, str]]:
