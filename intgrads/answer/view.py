@@ -29,7 +29,7 @@ class Answer(dict):
 
     def __reduce__(self):
         # torch.save(answer) writes what weights_only loading reads (an OrderedDict), not this class
-        return (collections.OrderedDict, (list(self.items()),))
+        return (collections.OrderedDict, (), None, None, iter(self.items()))
 
     def __repr__(self) -> str:
         parts = []

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import intgrads
-from intgrads.answer.checks import AnswerInvalid, check_answer, decode_checked
+from intgrads.answer.checks import AnswerInvalid, check_answer, decode_checked, to_torch
 from intgrads.client.inputs import PromptRequest, prompt_request, read_sentences
 from intgrads.launcher.tiny_lm import build_tiny_lm
 from intgrads.serving.request import parse_request
@@ -35,7 +35,7 @@ def test_an_answer_and_its_summary(service):
     status, reply = ask(service, {"sequence": PROMPT, "target": " ending felt", "n_steps": 4, "score": "logit",
                                   "outputs": ["token_attributions", "intermediates"]})
     assert status == 200, reply.body
-    answer = decode_checked(reply.body)
+    answer = to_torch(decode_checked(reply.body))
     local = intgrads.attribute_lm(service.bundle, PROMPT, target=" ending felt", n_steps=4, score="logit",
                                   outputs=["intermediates"])
     torch.testing.assert_close(answer["token_attributions"], local["token_attributions"])

@@ -249,7 +249,7 @@ def test_the_kuberay_export_holds_the_config_the_launcher_deployed(ray_server, t
     folder (a cluster has none)."""
     from intgrads.system import usable_cores
 
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "export_kuberay.py"), "--demo", "-o",
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "export_kuberay.py"), "--demo", "--demo-lm", "-o",
                              str(tmp_path / "out"), "--node-cpus", str(usable_cores()), "--nodes", "1"],
                             cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -264,7 +264,7 @@ def test_the_kuberay_export_holds_the_config_the_launcher_deployed(ray_server, t
             args["archive"] = Path(args["archive"]).name
         return {**app, "args": args}
 
-    assert [app["name"] for app in exported] == ["demo", "intgrads"]
+    assert [app["name"] for app in exported] == ["demo", "demo-lm", "intgrads"]
     for app in exported:
         assert comparable(app) == comparable(deployed[app["name"]]), app["name"]
 
@@ -280,7 +280,7 @@ def _start_second_node(ray_server) -> RayPorts:
                "--dashboard-agent-listen-port", str(ports.agent_listen),
                "--dashboard-agent-grpc-port", str(ports.agent_grpc),
                "--runtime-env-agent-port", str(ports.runtime_env_agent), "--min-worker-port", str(low),
-               "--max-worker-port", str(high), "--num-cpus", "1", "--resources", '{"second_node": 1}']
+               "--max-worker-port", str(high), "--num-cpus", "2", "--resources", '{"second_node": 1}']
     folder.mkdir(parents=True, exist_ok=True)
     env = ray_env(Path(state["token_file"]), ports)
     result = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=300)
