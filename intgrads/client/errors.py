@@ -8,6 +8,8 @@ import socket
 import urllib3
 
 FATAL_STATUSES = (401, 403, 404)
+# TorchServe refuses a missing or wrong key with 400 {"type": "InvalidKeyException", "message": TOKEN_REFUSED...}
+TOKEN_REFUSED = "Token Authorization failed"
 
 
 class ClientError(Exception):

@@ -30,7 +30,7 @@ import urllib3
 from ..answer.checks import MAX_REBUILD_STEPS, AnswerInvalid, to_torch
 from ..answer.stream import StreamedAnswer
 from ..answer.keys import COMPACT_OUTPUTS, ENDPOINT_NAMES, HANDOFF_HEADER, HANDOFF_REQUEST, SUMMARY_HEADER
-from .errors import FATAL_STATUSES, ClientError, RunAborted, no_connection
+from .errors import START_HINT, ClientError, RunAborted, no_connection
 from .handoff import HandoffRefused, HandoffTaker, on_this_machine
 from .index import open_output, sentence_fields, write_atomically
 from .inputs import read_key_file
@@ -40,8 +40,6 @@ from .intake import (DEFAULT_MAX_ANSWER_BYTES, MAX_SMALL_BODY, AnswerRefused, Re
 
 OPTION_KEYS = ("target", "n_steps", "method", "baseline", "precision", "tolerance", "max_steps")
 ANSWER_KEYS = ("dtype", "outputs")   # how the answer is sent: its float tensors' dtype, the keys it keeps
-# TorchServe refuses a missing or wrong key with 400 {"type": "InvalidKeyException", "message": TOKEN_REFUSED...}
-TOKEN_REFUSED = "Token Authorization failed"
 GZIP_MAGIC = b"\x1f\x8b"
 TOKEN_ENV = "INTGRADS_TOKEN"
 HANDOFF_PAUSE_SECONDS = 30.0   # after a 507 (its hand-off directory full), a server's answers come as bodies a while

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 import intgrads
 from intgrads.launcher.tiny_lm import tiny_lm, train_tokenizer
