@@ -103,7 +103,7 @@ def kill_a_worker(folder: Path, output: Path) -> tuple[int | None, set, int]:
         answered = [record["node"] for record in records.values() if record.get("file")]
         if answered:
             node = next(node for node in ("head", "n2") if node_id(folder / node) == answered[0])
-            victims = map_workers(folder / node)
+            victims = map_workers(folder, on=folder / node)
             if victims:
                 workers = set(map_workers(folder))
                 os.kill(victims[0], signal.SIGKILL)
@@ -131,17 +131,21 @@ def node_id(node_folder: Path) -> str:
     return found[0].name.rsplit("_", 1)[1] if found else ""
 
 
-def map_workers(folder: Path) -> list[int]:
-    """The pids of the batch's Ray Data workers (actors) of the cluster kept in ``folder``."""
+def map_workers(folder: Path, on: Path | None = None) -> list[int]:
+    """The pids of the batch's Ray Data workers (actors) of the cluster kept in ``folder``; ``on``: only those of
+    the node whose temp dir that is (their parent, the node's raylet, names it in its options)."""
     from intgrads.launcher.ray_cluster import cluster_processes
 
     found = []
     for pid in cluster_processes(folder):
         try:
             command = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
+            parent = Path(f"/proc/{Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[1]}/cmdline")
+            raylet = parent.read_bytes() if on is not None else b""
+        except (OSError, IndexError):
             continue
-        if command.startswith(b"ray::MapWorker") and b"AnswerWriter" in command:
+        if command.startswith(b"ray::MapWorker") and b"AnswerWriter" in command and (
+                on is None or f"{on}/".encode() in raylet):
             found.append(pid)
     return sorted(found)
 
