@@ -170,6 +170,11 @@ class Refinement:
             self.estimates.append(d * min(1.0, SAFETY * (d / scale) ** power) if scale > 0 else d)
         self.error = sum(self.estimates) / scale if scale > 0 else (0.0 if sum(self.estimates) == 0 else math.inf)
         self.r = abs(float(total.sum()) - self.difference) / max(abs(self.difference), R_FLOOR)
+        self._stop_or_refine()
+
+    def _stop_or_refine(self) -> None:
+        """Converged when the error estimate and r are both within the tolerance; else the panel of the largest
+        estimate that can still be refined gets its next nested level (capped when none can, or max_steps)."""
         if self.error <= self.tolerance and self.r <= self.tolerance:
             self.status = "converged"
             return
@@ -246,16 +251,7 @@ class GroupRefinement(Refinement):
         self.rs = np.abs(total.sum(axis=1) - self.difference) / np.maximum(np.abs(self.difference), R_FLOOR)
         self.error, self.r = float(self.errors.max()), float(self.rs.max())
         self.estimates = relative.max(axis=1).tolist()
-        if self.error <= self.tolerance and self.r <= self.tolerance:
-            self.status = "converged"
-            return
-        order = sorted(range(len(self.levels)), key=lambda p: -self.estimates[p])
-        panel = next((p for p in order if self.levels[p] + 1 < len(POINTS)), None)
-        if panel is None or self.steps + POINTS[self.levels[panel]] + 1 > self.max_steps:
-            self.status = "capped"
-            return
-        self.levels[panel] += 1
-        self.pending = panel_points(panel, self.levels[panel], which=2)
+        self._stop_or_refine()
 
     def group_warning(self, group: int) -> str | None:
         """The warning of group ``group`` when the refinement ended with it short of the tolerance."""

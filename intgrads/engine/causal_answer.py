@@ -21,10 +21,10 @@ from .causal import (DEFAULT_LM_BASELINE, DEFAULT_MAX_NEW_TOKENS, DEFAULT_VJP, I
                      MAX_NEW_TOKENS, SCORES, VJP_MODES, Encoded, endpoint_scores, generate, layer_ends, path_rows,
                      prompt_ids, text_ids)
 from .diagnostics import answer_warnings
-from .options import DEFAULT_CHUNK_TOKENS, MAX_STEPS, _is_int, check_auto
+from .options import DEFAULT_CHUNK_TOKENS, _is_int, check_auto, check_steps
 from .paths import refined_points
 from .precision import DEFAULT_PRECISION, check_precision
-from .quadrature import METHODS, min_steps, step_sizes_and_alphas
+from .quadrature import step_sizes_and_alphas
 
 ADAPTIVE_METHOD = "adaptive"
 ZERO_CORNER = ("the zero baseline of a pre-norm model (RMSNorm or LayerNorm first, as in Llama): the first norm maps "
@@ -179,12 +179,7 @@ def _check(score, interpolate, max_new_tokens, n_steps, method, baseline, keep_s
         raise ValueError(f"interpolate must be one of {', '.join(INTERPOLATIONS)}; got {interpolate!r}")
     if not (_is_int(max_new_tokens) and 1 <= max_new_tokens <= MAX_NEW_TOKENS):
         raise ValueError(f"max_new_tokens must be an integer from 1 to {MAX_NEW_TOKENS}; got {max_new_tokens!r}")
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
-    low = min_steps(method)
-    if not (n_steps == AUTO or (_is_int(n_steps) and low <= n_steps <= MAX_STEPS)):
-        raise ValueError(f"n_steps must be an integer from {low} to {MAX_STEPS} for method {method}, or "
-                         f"\"{AUTO}\"; got {n_steps!r}")
+    check_steps(method, n_steps)
     check_auto(tolerance, max_steps)
     if baseline not in LM_BASELINES:
         raise ValueError(f"baseline must be one of {', '.join(LM_BASELINES)}; got {baseline!r}")

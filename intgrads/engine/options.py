@@ -42,12 +42,7 @@ def check_options(*, target, n_steps, method, baseline, keep_special_tokens, int
     if not (target == "predicted" or (_is_int(target) and 0 <= target < num_labels)):
         raise ValueError(
             f"target must be an integer from 0 to {num_labels - 1} or \"predicted\"; got {target!r}")
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
-    low = min_steps(method)
-    if not (n_steps == AUTO or (_is_int(n_steps) and low <= n_steps <= MAX_STEPS)):
-        raise ValueError(f"n_steps must be an integer from {low} to {MAX_STEPS} for method {method}, or "
-                         f"\"{AUTO}\"; got {n_steps!r}")
+    check_steps(method, n_steps)
     if n_steps != AUTO and (tolerance is not None or max_steps is not None):
         raise ValueError(f"tolerance and max_steps go with n_steps=\"{AUTO}\" (the engine then chooses the steps); "
                          f"with n_steps {n_steps!r} leave them out")
@@ -67,6 +62,17 @@ def check_options(*, target, n_steps, method, baseline, keep_special_tokens, int
     check_precision(precision)
     return Options(target, n_steps, method, baseline, keep_special_tokens, internal_batch_size, max_tokens, precision,
                    float(tolerance), max_steps)
+
+
+def check_steps(method, n_steps) -> None:
+    """A known rule and a number of its points it can take (at least ``min_steps(method)``, at most
+    ``MAX_STEPS``), or ``"auto"``."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+    low = min_steps(method)
+    if not (n_steps == AUTO or (_is_int(n_steps) and low <= n_steps <= MAX_STEPS)):
+        raise ValueError(f"n_steps must be an integer from {low} to {MAX_STEPS} for method {method}, or "
+                         f"\"{AUTO}\"; got {n_steps!r}")
 
 
 def check_auto(tolerance, max_steps) -> None:
