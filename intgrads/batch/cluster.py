@@ -127,15 +127,23 @@ def token_settings(token_file: str | None) -> None:
 
 
 JOIN_SECONDS = 60.0
+JOIN_HINT = "a cluster with token auth needs its token: --ray-token-file or $RAY_AUTH_TOKEN_PATH"
 ABANDONED: list = []   # a join that did not return in time: its thread is left behind (see cli.main)
 
 
+# An HTTP/2 client's first bytes (the connection preface and an empty SETTINGS frame): a GCS (gRPC) answers them
+# with its own SETTINGS; an address that takes connections and never answers is told apart before ray.init.
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+
+
 def _probe(address: str, seconds: float) -> None:
-    """Raise JoinError at once when nothing listens at ``address`` (HOST:PORT)."""
+    """Raise JoinError at once when nothing listens at ``address`` (HOST:PORT), and after ``seconds`` when what
+    listens never answers an HTTP/2 preface (the wait in Python, so Ctrl-C and SIGTERM end it at once; ``ray.init``
+    on such an address waits in native code)."""
     host, _, port = address.rpartition(":")
+    deadline = time.monotonic() + seconds
     try:
-        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=min(10.0, seconds)):
-            return
+        connection = socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=min(10.0, seconds))
     except ValueError:
         raise JoinError(f"--ray-address {address}: write HOST:PORT (the GCS address, e.g. head:6379)") from None
     except socket.timeout:
@@ -143,6 +151,16 @@ def _probe(address: str, seconds: float) -> None:
     except OSError as error:
         raise JoinError(f"cannot join the Ray cluster at {address}: nothing answers there ({error.strerror or error}); "
                         "is the head running, and is this its GCS address (ray start --head's --port)?") from None
+    with connection:
+        try:
+            connection.settimeout(max(0.1, deadline - time.monotonic()))
+            connection.sendall(H2_PREFACE)
+            connection.recv(1)   # a byte, or the end of the stream (a TLS server, another service): it answers
+        except socket.timeout:
+            raise JoinError(f"cannot join the Ray cluster at {address}: no answer within {seconds:g} s "
+                            f"(--ray-timeout); {JOIN_HINT}") from None
+        except OSError:
+            return   # reset: ray.init says what is there
 
 
 def connect(address: str, seconds: float = JOIN_SECONDS) -> dict:
@@ -165,7 +183,6 @@ def connect(address: str, seconds: float = JOIN_SECONDS) -> dict:
         except BaseException as error:   # handed to the main thread
             outcome["error"] = error
 
-    hint = "a cluster with token auth needs its token: --ray-token-file or $RAY_AUTH_TOKEN_PATH"
     thread = threading.Thread(target=join, name="ray-join", daemon=True)
     with _stderr_aside():   # where Ray's C++ logging announces the level it was set to, and its retries
         thread.start()
@@ -177,11 +194,11 @@ def connect(address: str, seconds: float = JOIN_SECONDS) -> dict:
                 ABANDONED.append(thread)
     if thread.is_alive():
         raise JoinError(f"cannot join the Ray cluster at {address}: no answer within {seconds:g} s (--ray-timeout); "
-                        f"{hint}")
+                        f"{JOIN_HINT}")
     error = outcome.get("error")
     if isinstance(error, (ConnectionError, RuntimeError, ValueError)):
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise JoinError(f"cannot join the Ray cluster at {address}: {first} ({hint})")
+        raise JoinError(f"cannot join the Ray cluster at {address}: {first} ({JOIN_HINT})")
     if error is not None:
         raise error
     nodes = [node for node in ray.nodes() if node.get("Alive")]

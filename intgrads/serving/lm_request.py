@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ..answer.keys import LM_FULL_NAMES, LM_SENDABLE_NAMES
 from ..engine.causal import DEFAULT_MAX_NEW_TOKENS, INTERPOLATIONS, LM_BASELINES, MAX_NEW_TOKENS, SCORES
-from .options import check_options
+from .options import check_encoding, check_options
 from .values import RequestError, is_int, json_type, show
 
 LM_FIELDS = ("messages", "contrast", "score", "interpolate", "max_new_tokens")
@@ -89,23 +89,9 @@ def parse_lm_fields(fields: dict, defaults: dict, limits: dict) -> tuple[str | N
 
 
 def _lm_encoding(fields: dict) -> dict:
-    from ..answer.keys import DTYPE_NAMES
-
-    dtype = fields.get("dtype", "float32")
-    if not isinstance(dtype, str) or dtype not in DTYPE_NAMES:
-        raise RequestError(f"dtype must be one of {', '.join(DTYPE_NAMES)}; got {show(dtype)}")
-    outputs = fields.get("outputs")
-    if outputs is not None:
-        if not (isinstance(outputs, list) and outputs and all(isinstance(name, str) for name in outputs)):
-            raise RequestError(f"outputs must be a non-empty list of a causal LM answer's keys from "
-                               f"{', '.join(LM_SENDABLE_NAMES)}; got {show(outputs)}")
-        unknown = [name for name in outputs if name not in LM_SENDABLE_NAMES]
-        if unknown:
-            raise RequestError(f"unknown output(s) {', '.join(show(n) for n in unknown[:5])} for a causal LM; outputs "
-                               f"may name {', '.join(LM_SENDABLE_NAMES)} (the full tensors "
-                               f"{', '.join(LM_FULL_NAMES)} only when named)")
-        outputs = list(dict.fromkeys(outputs))
-    return {"dtype": dtype, "outputs": outputs}
+    return check_encoding(fields, LM_SENDABLE_NAMES, " for a causal LM",
+                          f"(the full tensors {', '.join(LM_FULL_NAMES)} only when named)",
+                          lambda outputs: list(dict.fromkeys(outputs)))
 
 
 def lm_lengths(bundle, request) -> tuple[int, int]:

@@ -69,22 +69,25 @@ def check_auto(options: dict, high: int) -> None:
         raise RequestError(f"max_steps is {max_steps}; this server takes at most {high} (--max-steps)", status=413)
 
 
-def check_encoding(fields: dict) -> dict:
-    """The request's ``dtype`` (default float32) and ``outputs`` (default None: every key), checked."""
+def check_encoding(fields: dict, sendable=None, kind: str = "", note: str = "(the settings keys are always sent)",
+                   arrange=None) -> dict:
+    """The request's ``dtype`` (default float32) and ``outputs`` (default None: every key), checked: ``outputs``
+    names keys of ``sendable`` (a classifier's answer by default; ``kind`` and ``note`` say whose in the messages),
+    put in the order ``arrange`` gives (the answer's own order by default)."""
+    sendable = SENDABLE_NAMES if sendable is None else sendable
+    names = ", ".join(sendable)
     dtype = fields.get("dtype", "float32")
     if not isinstance(dtype, str) or dtype not in DTYPE_NAMES:
         raise RequestError(f"dtype must be one of {', '.join(DTYPE_NAMES)}; got {show(dtype)}")
     outputs = fields.get("outputs")
     if outputs is not None:
         if not isinstance(outputs, list) or not all(isinstance(name, str) for name in outputs):
-            raise RequestError(f"outputs must be a list of answer keys from {', '.join(SENDABLE_NAMES)}; "
-                               f"got {show(outputs)}")
+            raise RequestError(f"outputs must be a list of answer keys{kind} from {names}; got {show(outputs)}")
         if not outputs:
-            raise RequestError(f"outputs is an empty list: name at least one of {', '.join(SENDABLE_NAMES)}")
-        unknown = [name for name in outputs if name not in SENDABLE_NAMES]
+            raise RequestError(f"outputs is an empty list: name at least one of {names}")
+        unknown = [name for name in outputs if name not in sendable]
         if unknown:
             shown = ", ".join(show(name) for name in unknown[:5])
-            raise RequestError(f"unknown output(s) {shown}; outputs may name {', '.join(SENDABLE_NAMES)} "
-                               "(the settings keys are always sent)")
-        outputs = named_outputs(outputs)
+            raise RequestError(f"unknown output(s) {shown}{kind}; outputs may name {names} {note}")
+        outputs = (arrange or named_outputs)(outputs)
     return {"dtype": dtype, "outputs": outputs}
