@@ -21,8 +21,11 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import json
+import os
 import random
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,6 +52,57 @@ def _one_torch_thread(request):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+# --------------------------------------------------------------------------------------------
+# two test processes (scripts/test.sh: pytest-xdist, --dist loadgroup)
+#
+# Most of the suite waits on servers starting, answering and stopping, so two processes share the two cores of a
+# small machine well. A group runs whole in one process: a module with its own servers, every test of the shared
+# TorchServe (``server``), the README's commands with the README's Ray server (the project root's model_store/,
+# logs/ and ports 8888 and 8898), the client's tests, and the batch job's tests (their two-node cluster). The
+# reliability tally of each process is summed at the end.
+
+TALLY_DIR = "INTGRADS_TALLY_DIR"   # where each test process leaves the reliability tally for the summary
+
+
+def test_group(item) -> str:
+    """The xdist group of a test (see above)."""
+    path = item.path.relative_to(Path(__file__).parent)
+    if path.name == "test_readme.py" or "ray_server" in item.fixturenames:
+        return "readme"
+    if path.parts[0] == "serve" and "server" in item.fixturenames:
+        return "serve-main"
+    if path.parts[0] in ("batch", "client"):
+        return path.parts[0]
+    return path.as_posix()
+
+
+def pytest_configure(config):
+    if not hasattr(config, "workerinput") and TALLY_DIR not in os.environ:   # the first process: workers inherit it
+        os.environ[TALLY_DIR] = tempfile.mkdtemp(prefix="intgrads-tally-")
+
+
+@pytest.hookimpl(tryfirst=True)   # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(test_group(item)))
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The reliability summary (tests/reliability/conftest.py), from the tallies every test process left."""
+    folder = os.environ.get(TALLY_DIR)
+    if hasattr(terminalreporter.config, "workerinput") or not folder or not Path(folder).is_dir():
+        return
+    from reliability.conftest import summary_lines
+
+    tallies = [json.loads(path.read_text()) for path in sorted(Path(folder).glob("*.json"))]
+    shutil.rmtree(folder, ignore_errors=True)
+    lines = summary_lines(tallies)
+    if lines:
+        terminalreporter.section("reliability summary")
+        for line in lines:
+            terminalreporter.write_line(line)
 
 
 # --------------------------------------------------------------------------------------------

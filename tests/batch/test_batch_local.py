@@ -39,7 +39,7 @@ def wait_for(predicate, seconds: float, step: float = 0.1):
     return predicate()
 
 
-def start_slow_run(hf_files, tmp: Path, count: int = 16, extra=()) -> tuple[subprocess.Popen, Path, Path, list[str]]:
+def start_slow_run(hf_files, tmp: Path, count: int = 10, extra=()) -> tuple[subprocess.Popen, Path, Path, list[str]]:
     """A run on this machine's own head, slow enough to be stopped midway; SIGINT as a terminal would send it
     (reset to the default: a shell running the tests in the background ignores it)."""
     lines = [f"review {i}: the plot was fine but the music was dull and the ending felt rushed" for i in range(count)]

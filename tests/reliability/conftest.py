@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
+import os
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -15,6 +17,7 @@ import pytest
 import requests
 import torch
 
+from conftest import TALLY_DIR
 from serve.conftest import Server, free_port_block, launcher_env, post_json, run_launcher
 
 DEMO = "demo"
@@ -44,20 +47,33 @@ def tally():
     return Tally
 
 
-def pytest_terminal_summary(terminalreporter):
-    if not TALLY:
-        return
-    write = terminalreporter.write_line
-    terminalreporter.section("reliability summary")
-    write(f"{'front end':<10} {'category':<18} {'cases tried':>11} {'passed':>7}")
-    order = sorted(TALLY, key=lambda c: CATEGORIES.index(c) if c in CATEGORIES else 99)
-    for category in order:
-        tried, passed = TALLY[category]
+def pytest_sessionfinish(session):
+    """Leave this process's tally where the summary finds it (tests/conftest.py: one file per test process)."""
+    folder = os.environ.get(TALLY_DIR)
+    if TALLY and folder and os.path.isdir(folder):
+        with open(os.path.join(folder, f"{os.getpid()}.json"), "w") as handle:
+            json.dump({"tally": TALLY, "figures": FIGURES}, handle)
+
+
+def summary_lines(tallies: list) -> list:
+    """The table of the reliability cases, by front end and category, from the tallies of every test process."""
+    merged: dict = {}
+    figures = []
+    for tally in tallies:
+        for category, (tried, passed) in tally["tally"].items():
+            merged.setdefault(category, [0, 0])
+            merged[category][0] += tried
+            merged[category][1] += passed
+        figures += tally["figures"]
+    if not merged:
+        return []
+    lines = [f"{'front end':<10} {'category':<18} {'cases tried':>11} {'passed':>7}"]
+    for category in sorted(merged, key=lambda c: CATEGORIES.index(c) if c in CATEGORIES else 99):
+        tried, passed = merged[category]
         front, name = ("ray", category[4:]) if category.startswith("ray ") else ("torchserve", category)
-        write(f"{front:<10} {name:<18} {tried:>11} {passed:>7}")
-    write(f"{'total':<29} {sum(v[0] for v in TALLY.values()):>11} {sum(v[1] for v in TALLY.values()):>7}")
-    for line in FIGURES:
-        write(line)
+        lines.append(f"{front:<10} {name:<18} {tried:>11} {passed:>7}")
+    lines.append(f"{'total':<29} {sum(v[0] for v in merged.values()):>11} {sum(v[1] for v in merged.values()):>7}")
+    return lines + figures
 
 
 # ------------------------------------------------------------------------------------------------ servers

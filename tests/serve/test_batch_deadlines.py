@@ -1,6 +1,6 @@
-"""A batch never sinks requests that each fit: eight requests that each take at most about 40% of the deadline
+"""A batch never sinks requests that each fit: six requests that each take at most about 40% of the deadline
 alone (less where the work budget caps them first), handed to one worker as one TorchServe batch, are all
-answered, although together they take longer than one response timeout (real TorchServe, batch size 8, a 12 s
+answered, although together they take longer than one response timeout (real TorchServe, batch size 6, a 12 s
 response timeout)."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from intgrads.engine.budget import deadline_for, request_work
 from .conftest import post_json, start_server
 
 RESPONSE_TIMEOUT = 12
-REQUESTS = 8   # each at most 40% of the deadline, and at least ~25% where the budget caps it: together over it
+REQUESTS = 6   # each at most 40% of the deadline, and at least ~25% where the budget caps it: together over it
 SENTENCE = ("the plot was thin and the acting wooden, yet the music was lovely and the ending moved me; " * 4).strip()
 
 
