@@ -36,12 +36,18 @@ FULL_OUTPUTS = ("integrated_gradients", "intermediate_gradients", "intermediates
 def attribute_lm(bundle, sequence=None, *, messages=None, target=None, contrast=None, score="logprob",
                  interpolate="all", max_new_tokens=DEFAULT_MAX_NEW_TOKENS, n_steps=32, method="gausslegendre",
                  baseline=DEFAULT_LM_BASELINE, keep_special_tokens=False, precision=DEFAULT_PRECISION,
-                 tolerance=DEFAULT_TOLERANCE, max_steps=DEFAULT_MAX_STEPS, idgi=False, outputs=None,
+                 tolerance=None, max_steps=None, idgi=False, outputs=None,
                  max_tokens=None, chunk_tokens=DEFAULT_CHUNK_TOKENS, internal_batch_size=None, deadline=None,
                  vjp=DEFAULT_VJP):
     """The attribution of ``target`` (text, teacher-forced; None: the greedy generation of up to ``max_new_tokens``)
     after the prompt (``sequence`` text, or chat ``messages``) by a causal LM bundle. Returns one dict (keys in the
-    module docstring and docs/causal-lm.md). ``outputs`` may name the full tensors (:data:`FULL_OUTPUTS`)."""
+    module docstring and docs/causal-lm.md). ``outputs`` may name the full tensors (:data:`FULL_OUTPUTS`);
+    ``tolerance`` and ``max_steps`` go with ``n_steps="auto"`` only (None: their defaults), as for a classifier."""
+    if n_steps != AUTO and (tolerance is not None or max_steps is not None):
+        raise ValueError(f"tolerance and max_steps go with n_steps=\"{AUTO}\" (the engine then chooses the steps); "
+                         f"with n_steps {n_steps!r} leave them out")
+    tolerance = DEFAULT_TOLERANCE if tolerance is None else tolerance
+    max_steps = DEFAULT_MAX_STEPS if max_steps is None else max_steps
     _check(score, interpolate, max_new_tokens, n_steps, method, baseline, keep_special_tokens, precision, tolerance,
            max_steps, vjp, outputs)
     tokenizer = bundle.tokenizer

@@ -110,6 +110,8 @@ def test_contrast_and_scores(bundles):
         assert_rows_match(answer, [captum_row(bundle, ids[:P], target_id, STEPS, score=score)])
     with pytest.raises(ValueError, match="as many tokens"):
         attribute_lm(bundle, PROMPT, target=" good", contrast=" ending felt rushed")
+    with pytest.raises(ValueError, match="go with n_steps"):   # as for a classifier: auto's settings with auto only
+        attribute_lm(bundle, PROMPT, target=" good", n_steps=STEPS, tolerance=0.01)
 
 
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])
