@@ -38,7 +38,9 @@ class Answer(dict):
             parts.append(f"{len(tokens)} tokens")
         if "target_tokens" in self:   # a causal LM's answer: T target tokens attributed to the L input tokens
             how = "generated" if self.get("generated") else "given"
-            parts.append(f"{len(self['target_tokens'])} target tokens ({how}): {''.join(self['target_tokens'])!r}"[:120])
+            text = self.get("target_text")   # the decoded text (the tokens may show a tokenizer's own marks, e.g. Ġ)
+            text = text if isinstance(text, str) else "".join(self["target_tokens"])
+            parts.append(f"{len(self['target_tokens'])} target tokens ({how}): {text!r}"[:120])
         logits = self.get("logits")
         if isinstance(logits, torch.Tensor) and logits.numel():
             flat = logits.reshape(-1).double()
