@@ -60,15 +60,21 @@ def _one_torch_thread(request):
 # Most of the suite waits on servers starting, answering and stopping, so two processes share the two cores of a
 # small machine well. A group runs whole in one process: a module with its own servers, every test of the shared
 # TorchServe (``server``), the README's commands with the README's Ray server (the project root's model_store/,
-# logs/ and ports 8888 and 8898), the client's tests, and the batch job's tests (their two-node cluster). The
-# reliability tally of each process is summed at the end.
+# logs/ and ports 8888 and 8898), the client's tests, and the batch job's tests (their two-node cluster). Each
+# reliability module is a group of its own: the package's shared servers then start in each process that runs
+# one (measured faster than one long group, which held the other process idle at the end). The reliability tally
+# of each process is summed at the end.
 
 TALLY_DIR = "INTGRADS_TALLY_DIR"   # where each test process leaves the reliability tally for the summary
+MADE_TALLY_DIR = pytest.StashKey[bool]()
 
 
 def test_group(item) -> str:
     """The xdist group of a test (see above)."""
-    path = item.path.relative_to(Path(__file__).parent)
+    try:
+        path = item.path.relative_to(Path(__file__).parent)
+    except ValueError:   # collected outside tests/ (e.g. doctests)
+        return item.nodeid.split("::")[0]
     if path.name == "test_readme.py" or "ray_server" in item.fixturenames:
         return "readme"
     if path.parts[0] == "serve" and "server" in item.fixturenames:
@@ -81,6 +87,7 @@ def test_group(item) -> str:
 def pytest_configure(config):
     if not hasattr(config, "workerinput") and TALLY_DIR not in os.environ:   # the first process: workers inherit it
         os.environ[TALLY_DIR] = tempfile.mkdtemp(prefix="intgrads-tally-")
+        config.stash[MADE_TALLY_DIR] = True
 
 
 @pytest.hookimpl(tryfirst=True)   # before xdist's own hook reads the groups
@@ -94,10 +101,13 @@ def pytest_terminal_summary(terminalreporter):
     folder = os.environ.get(TALLY_DIR)
     if hasattr(terminalreporter.config, "workerinput") or not folder or not Path(folder).is_dir():
         return
+    tallies = [json.loads(path.read_text()) for path in sorted(Path(folder).glob("*.json"))]
+    if terminalreporter.config.stash.get(MADE_TALLY_DIR, False):
+        shutil.rmtree(folder, ignore_errors=True)
+    if not tallies:
+        return
     from reliability.conftest import summary_lines
 
-    tallies = [json.loads(path.read_text()) for path in sorted(Path(folder).glob("*.json"))]
-    shutil.rmtree(folder, ignore_errors=True)
     lines = summary_lines(tallies)
     if lines:
         terminalreporter.section("reliability summary")

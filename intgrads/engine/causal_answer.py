@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import torch
 
-from .adaptive import AUTO, DEFAULT_MAX_STEPS, DEFAULT_TOLERANCE, GroupRefinement
+from .adaptive import AUTO, GroupRefinement
 from .causal import (DEFAULT_LM_BASELINE, DEFAULT_MAX_NEW_TOKENS, DEFAULT_VJP, INTERPOLATIONS, LM_BASELINES,
                      MAX_NEW_TOKENS, SCORES, VJP_MODES, Encoded, endpoint_scores, generate, layer_ends, path_rows,
                      prompt_ids, text_ids)
 from .diagnostics import answer_warnings
-from .options import DEFAULT_CHUNK_TOKENS, _is_int, check_auto, check_steps
+from .options import DEFAULT_CHUNK_TOKENS, _is_int, auto_settings, check_steps
 from .paths import refined_points
 from .precision import DEFAULT_PRECISION, check_precision
 from .quadrature import step_sizes_and_alphas
@@ -43,13 +43,8 @@ def attribute_lm(bundle, sequence=None, *, messages=None, target=None, contrast=
     after the prompt (``sequence`` text, or chat ``messages``) by a causal LM bundle. Returns one dict (keys in the
     module docstring and docs/causal-lm.md). ``outputs`` may name the full tensors (:data:`FULL_OUTPUTS`);
     ``tolerance`` and ``max_steps`` go with ``n_steps="auto"`` only (None: their defaults), as for a classifier."""
-    if n_steps != AUTO and (tolerance is not None or max_steps is not None):
-        raise ValueError(f"tolerance and max_steps go with n_steps=\"{AUTO}\" (the engine then chooses the steps); "
-                         f"with n_steps {n_steps!r} leave them out")
-    tolerance = DEFAULT_TOLERANCE if tolerance is None else tolerance
-    max_steps = DEFAULT_MAX_STEPS if max_steps is None else max_steps
-    _check(score, interpolate, max_new_tokens, n_steps, method, baseline, keep_special_tokens, precision, tolerance,
-           max_steps, vjp, outputs)
+    tolerance, max_steps = _check(score, interpolate, max_new_tokens, n_steps, method, baseline, keep_special_tokens,
+                                  precision, tolerance, max_steps, vjp, outputs)
     tokenizer = bundle.tokenizer
     with bundle.lock:
         prompt = prompt_ids(tokenizer, sequence, messages)
@@ -186,7 +181,7 @@ def _check(score, interpolate, max_new_tokens, n_steps, method, baseline, keep_s
     if not (_is_int(max_new_tokens) and 1 <= max_new_tokens <= MAX_NEW_TOKENS):
         raise ValueError(f"max_new_tokens must be an integer from 1 to {MAX_NEW_TOKENS}; got {max_new_tokens!r}")
     check_steps(method, n_steps)
-    check_auto(tolerance, max_steps)
+    tolerance, max_steps = auto_settings(n_steps, tolerance, max_steps)
     if baseline not in LM_BASELINES:
         raise ValueError(f"baseline must be one of {', '.join(LM_BASELINES)}; got {baseline!r}")
     if not isinstance(keep_special, bool):
@@ -197,3 +192,4 @@ def _check(score, interpolate, max_new_tokens, n_steps, method, baseline, keep_s
     unknown = set(outputs or ()) - set(FULL_OUTPUTS)
     if unknown:
         raise ValueError(f"outputs of a causal LM may name {', '.join(FULL_OUTPUTS)}; got {sorted(unknown)}")
+    return tolerance, max_steps

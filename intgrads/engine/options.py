@@ -43,12 +43,7 @@ def check_options(*, target, n_steps, method, baseline, keep_special_tokens, int
         raise ValueError(
             f"target must be an integer from 0 to {num_labels - 1} or \"predicted\"; got {target!r}")
     check_steps(method, n_steps)
-    if n_steps != AUTO and (tolerance is not None or max_steps is not None):
-        raise ValueError(f"tolerance and max_steps go with n_steps=\"{AUTO}\" (the engine then chooses the steps); "
-                         f"with n_steps {n_steps!r} leave them out")
-    tolerance = DEFAULT_TOLERANCE if tolerance is None else tolerance
-    max_steps = DEFAULT_MAX_STEPS if max_steps is None else max_steps
-    check_auto(tolerance, max_steps)
+    tolerance, max_steps = auto_settings(n_steps, tolerance, max_steps)
     if baseline not in BASELINES:
         raise ValueError(f"baseline must be one of {', '.join(BASELINES)}; got {baseline!r}")
     if not isinstance(keep_special_tokens, bool):
@@ -73,6 +68,18 @@ def check_steps(method, n_steps) -> None:
     if not (n_steps == AUTO or (_is_int(n_steps) and low <= n_steps <= MAX_STEPS)):
         raise ValueError(f"n_steps must be an integer from {low} to {MAX_STEPS} for method {method}, or "
                          f"\"{AUTO}\"; got {n_steps!r}")
+
+
+def auto_settings(n_steps, tolerance, max_steps) -> tuple:
+    """``(tolerance, max_steps)`` checked, their defaults where None; refused with a fixed ``n_steps`` (they go
+    with ``n_steps="auto"`` only, as a server refuses them otherwise)."""
+    if n_steps != AUTO and (tolerance is not None or max_steps is not None):
+        raise ValueError(f"tolerance and max_steps go with n_steps=\"{AUTO}\" (the engine then chooses the steps); "
+                         f"with n_steps {n_steps!r} leave them out")
+    tolerance = DEFAULT_TOLERANCE if tolerance is None else tolerance
+    max_steps = DEFAULT_MAX_STEPS if max_steps is None else max_steps
+    check_auto(tolerance, max_steps)
+    return tolerance, max_steps
 
 
 def check_auto(tolerance, max_steps) -> None:

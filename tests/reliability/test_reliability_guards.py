@@ -18,7 +18,7 @@ MANY_TOKENS = " ".join(WORDS * 40)        # ~600 tokens, truncated to 512
 HOUR = {"sequences": [MANY_TOKENS] * 16, "n_steps": 500, "dtype": "float16", "outputs": ["integrated_gradients"]}
 SMALL = {"sequence": "a fine film.", "n_steps": 8}
 DEADLINE = "demo-deadline"
-TIMEOUT = 8   # seconds: TorchServe's response timeout on the deadline server; the engine stops at 8 - 2
+TIMEOUT = 12   # seconds: TorchServe's response timeout on the deadline server; the engine stops at 12 - 3
 
 
 def test_an_hour_long_request_is_refused_in_under_a_second(demo_server, tally):
@@ -42,7 +42,7 @@ def deadline_server(tmp_path_factory, shared_store):
     """The demo model with no work budget, a short response timeout and small chunks."""
     home = tmp_path_factory.mktemp("rel-deadline")
     server, _ = launch(home, shared_store, ["--demo", "--model-name", DEADLINE, "--workers", "1", "--max-work", "0",
-                                            "--response-timeout", TIMEOUT, "--chunk-tokens", "1024"])
+                                            "--response-timeout", TIMEOUT, "--chunk-tokens", "256"])
     server.models = [DEADLINE]
     try:
         yield server
