@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .baselines import BASELINES, RANDOM_BASELINES, random_vector
+from .baselines import BASELINES, RANDOM_BASELINES, baseline_token_id, random_vector
 from .budget import check_deadline
 from .precision import computing_in
 
@@ -115,20 +115,13 @@ def generate(bundle, prompt: list, max_new_tokens: int) -> list:
 
 
 def baseline_token(tokenizer, baseline: str) -> int:
-    """The token whose vector is a token baseline: ``pad`` is the pad token or else eos; ``eos``, ``unk``, ``mask``
-    that token; ``period`` the last token of "."."""
-    if baseline == "period":
-        ids = tokenizer(".", add_special_tokens=False)["input_ids"]
-        if not ids:
-            raise ValueError("baseline 'period' is not available: the tokenizer has no token for '.'")
-        return int(ids[-1])
-    token = getattr(tokenizer, f"{baseline}_token_id", None)
-    if token is None and baseline == "pad":
-        token = tokenizer.eos_token_id
-    if token is None:
-        raise ValueError(f"baseline {baseline!r} is not available: the tokenizer has no {baseline} token"
-                         + (" (nor eos)" if baseline == "pad" else ""))
-    return int(token)
+    """The token whose vector is a token baseline (:func:`~intgrads.engine.baselines.baseline_token_id`), but
+    ``pad`` is the eos token when the tokenizer has no pad token (as most causal LMs' have none)."""
+    if baseline == "pad" and getattr(tokenizer, "pad_token_id", None) is None:
+        if tokenizer.eos_token_id is None:
+            raise ValueError("baseline 'pad' is not available: the tokenizer has no pad token (nor eos)")
+        return int(tokenizer.eos_token_id)
+    return baseline_token_id(tokenizer, baseline)
 
 
 def layer_ends(bundle, encoded: Encoded, baseline: str, interpolate: str, keep_special: bool):

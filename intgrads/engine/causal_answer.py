@@ -21,7 +21,7 @@ from .causal import (DEFAULT_LM_BASELINE, DEFAULT_MAX_NEW_TOKENS, DEFAULT_VJP, I
                      MAX_NEW_TOKENS, SCORES, VJP_MODES, Encoded, endpoint_scores, generate, layer_ends, path_rows,
                      prompt_ids, text_ids)
 from .diagnostics import answer_warnings
-from .options import DEFAULT_CHUNK_TOKENS, _is_int, auto_settings, check_steps
+from .options import DEFAULT_CHUNK_TOKENS, _is_int, auto_settings, check_choice, check_flag, check_steps
 from .paths import refined_points
 from .precision import DEFAULT_PRECISION, check_precision
 from .quadrature import step_sizes_and_alphas
@@ -174,21 +174,16 @@ def _check_length(bundle, total: int, max_tokens):
 
 def _check(score, interpolate, max_new_tokens, n_steps, method, baseline, keep_special, precision, tolerance,
            max_steps, vjp, outputs):
-    if score not in SCORES:
-        raise ValueError(f"score must be one of {', '.join(SCORES)}; got {score!r}")
-    if interpolate not in INTERPOLATIONS:
-        raise ValueError(f"interpolate must be one of {', '.join(INTERPOLATIONS)}; got {interpolate!r}")
+    check_choice("score", score, SCORES)
+    check_choice("interpolate", interpolate, INTERPOLATIONS)
     if not (_is_int(max_new_tokens) and 1 <= max_new_tokens <= MAX_NEW_TOKENS):
         raise ValueError(f"max_new_tokens must be an integer from 1 to {MAX_NEW_TOKENS}; got {max_new_tokens!r}")
     check_steps(method, n_steps)
     tolerance, max_steps = auto_settings(n_steps, tolerance, max_steps)
-    if baseline not in LM_BASELINES:
-        raise ValueError(f"baseline must be one of {', '.join(LM_BASELINES)}; got {baseline!r}")
-    if not isinstance(keep_special, bool):
-        raise ValueError(f"keep_special_tokens must be true or false; got {keep_special!r}")
+    check_choice("baseline", baseline, LM_BASELINES)
+    check_flag("keep_special_tokens", keep_special)
     check_precision(precision)
-    if vjp not in VJP_MODES:
-        raise ValueError(f"vjp must be one of {', '.join(VJP_MODES)}; got {vjp!r}")
+    check_choice("vjp", vjp, VJP_MODES)
     unknown = set(outputs or ()) - set(FULL_OUTPUTS)
     if unknown:
         raise ValueError(f"outputs of a causal LM may name {', '.join(FULL_OUTPUTS)}; got {sorted(unknown)}")

@@ -44,10 +44,8 @@ def check_options(*, target, n_steps, method, baseline, keep_special_tokens, int
             f"target must be an integer from 0 to {num_labels - 1} or \"predicted\"; got {target!r}")
     check_steps(method, n_steps)
     tolerance, max_steps = auto_settings(n_steps, tolerance, max_steps)
-    if baseline not in BASELINES:
-        raise ValueError(f"baseline must be one of {', '.join(BASELINES)}; got {baseline!r}")
-    if not isinstance(keep_special_tokens, bool):
-        raise ValueError(f"keep_special_tokens must be true or false; got {keep_special_tokens!r}")
+    check_choice("baseline", baseline, BASELINES)
+    check_flag("keep_special_tokens", keep_special_tokens)
     if internal_batch_size is not None and not (_is_int(internal_batch_size) and internal_batch_size >= 1):
         raise ValueError(f"internal_batch_size must be a positive integer or null; got {internal_batch_size!r}")
     high = max_positions if max_positions else None
@@ -68,6 +66,18 @@ def check_steps(method, n_steps) -> None:
     if not (n_steps == AUTO or (_is_int(n_steps) and low <= n_steps <= MAX_STEPS)):
         raise ValueError(f"n_steps must be an integer from {low} to {MAX_STEPS} for method {method}, or "
                          f"\"{AUTO}\"; got {n_steps!r}")
+
+
+def check_choice(name: str, value, choices) -> None:
+    """Refuse ``value`` unless it is one of ``choices`` (the message names them all)."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def check_flag(name: str, value) -> None:
+    """Refuse ``value`` unless it is True or False."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false; got {value!r}")
 
 
 def auto_settings(n_steps, tolerance, max_steps) -> tuple:
