@@ -66,6 +66,7 @@ def _one_torch_thread(request):
 # of each process is summed at the end.
 
 TALLY_DIR = "INTGRADS_TALLY_DIR"   # where each test process leaves the reliability tally for the summary
+RUN_CACHE = pytest.StashKey[str]()
 MADE_TALLY_DIR = pytest.StashKey[bool]()
 
 
@@ -85,9 +86,19 @@ def test_group(item) -> str:
 
 
 def pytest_configure(config):
-    if not hasattr(config, "workerinput") and TALLY_DIR not in os.environ:   # the first process: workers inherit it
+    if hasattr(config, "workerinput"):   # the first process sets what follows: its test processes inherit it
+        return
+    if TALLY_DIR not in os.environ:
         os.environ[TALLY_DIR] = tempfile.mkdtemp(prefix="intgrads-tally-")
         config.stash[MADE_TALLY_DIR] = True
+    # the user cache of this run (never the real ~/.cache/intgrads): the demo model is built once for the run and
+    # copied into every model store a test makes (intgrads.launcher.demo.ensure_demo_model)
+    os.environ["INTGRADS_CACHE"] = config.stash[RUN_CACHE] = tempfile.mkdtemp(prefix="intgrads-cache-")
+
+
+def pytest_unconfigure(config):
+    if RUN_CACHE in config.stash:
+        shutil.rmtree(config.stash[RUN_CACHE], ignore_errors=True)
 
 
 @pytest.hookimpl(tryfirst=True)   # before xdist's own hook reads the groups

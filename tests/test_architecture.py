@@ -50,6 +50,18 @@ print(json.dumps({{"modules": sorted(sys.modules), "tokens": summary["tokens"]}}
     assert loaded == []
 
 
+def test_the_ray_front_routes_without_torch():
+    """The Ray front's replica (routes, key checks, bodies, replies) imports no torch and no transformers: it
+    holds no model library and starts in about a second."""
+    pytest.importorskip("ray")
+    code = "import json, sys; import intgrads.rayserve.front; print(json.dumps(sorted(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    modules = json.loads(result.stdout.strip().splitlines()[-1])
+    assert "intgrads.rayserve.http" in modules
+    assert [name for name in modules if name.split(".")[0] in ("torch", "transformers")] == []
+
+
 def _imports(path: Path) -> set[str]:
     """Absolute names of every module ``path`` imports (at any depth in the file, relative ones resolved)."""
     tree = ast.parse(path.read_text(encoding="utf-8"))

@@ -54,8 +54,16 @@ def store(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def demo_dir(store) -> Path:
-    return demo.ensure_demo_model(store)
+def demo_dir(store, tmp_path_factory) -> Path:
+    with pytest.MonkeyPatch.context() as patch:   # a real build here, not a copy of the run's cached one
+        patch.setenv("INTGRADS_CACHE", str(tmp_path_factory.mktemp("user-cache")))
+        return demo.ensure_demo_model(store)
+
+
+@pytest.fixture(autouse=True)
+def own_cache(monkeypatch, tmp_path_factory):
+    """Each test has an empty user cache of its own: a stubbed build never reaches the one the run shares."""
+    monkeypatch.setenv("INTGRADS_CACHE", str(tmp_path_factory.mktemp("user-cache")))
 
 
 @pytest.fixture(scope="module")
@@ -179,6 +187,30 @@ def test_ensure_reuses_a_complete_build(tmp_path, monkeypatch):
     assert demo.ensure_demo_model(tmp_path) == first == tmp_path / demo.DEMO_NAME
     assert len(calls) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == [demo.DEMO_NAME]
+
+
+def test_a_new_store_copies_the_users_build_and_a_build_is_kept_for_the_next(tmp_path, monkeypatch, demo_dir):
+    """The first store's build is kept in this user's cache (private); the next store copies it, byte for byte,
+    without building; a cache that others may write is not used."""
+    import filecmp
+    import shutil
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("INTGRADS_CACHE", str(cache))
+    calls = []
+    monkeypatch.setattr(demo, "_build_into", lambda out: (calls.append(out), shutil.copytree(demo_dir, out,
+                                                                                            dirs_exist_ok=True)))
+    first = demo.ensure_demo_model(tmp_path / "one")
+    assert len(calls) == 1 and demo.is_complete(cache / demo.DEMO_NAME)
+    assert (cache.stat().st_mode & 0o077) == 0 and (cache / demo.DEMO_NAME).stat().st_mode & 0o022 == 0
+    second = demo.ensure_demo_model(tmp_path / "two")
+    assert len(calls) == 1 and demo.is_complete(second)
+    names = sorted(path.name for path in first.iterdir())
+    assert names == sorted(path.name for path in second.iterdir())
+    assert filecmp.cmpfiles(first, second, names, shallow=False)[0] == names
+    (cache / demo.DEMO_NAME).chmod(0o777)
+    demo.ensure_demo_model(tmp_path / "three")
+    assert len(calls) == 2
 
 
 def test_ensure_replaces_an_incomplete_directory(tmp_path, monkeypatch):

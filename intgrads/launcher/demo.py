@@ -16,8 +16,12 @@ output for [CLS], so the fitted weights go straight into ``classifier`` (with ``
 each label's logit is half the margin).
 
     build_demo_model(out_dir)      -> out_dir, a save_pretrained directory (model + tokenizer)
-    ensure_demo_model(model_store) -> <model_store>/demo-sentiment, built only when missing
+    ensure_demo_model(model_store) -> <model_store>/demo-sentiment, only when missing: copied from this
+                                      user's cache when a build is there, else built (and kept there too)
     demo_model()                   -> the model loaded (intgrads.demo_model), built once into this user's cache
+
+So the demo is built once per user, not once per model store: the launcher's first use in a new folder copies the
+build of :func:`demo_cache` (88 MB, a fraction of a second) when there is one of this user's.
     python -m intgrads.launcher.demo OUT_DIR
 
 Builds are atomic: the directory is written under a temporary name beside ``out_dir`` and renamed
@@ -122,14 +126,19 @@ def build_demo_model(out_dir) -> Path:
 
 
 def ensure_demo_model(model_store) -> Path:
-    """``<model_store>/demo-sentiment``, built first if it is missing or incomplete."""
+    """``<model_store>/demo-sentiment``, made first if it is missing or incomplete: copied from this user's cache
+    (:func:`demo_cache`) when a finished build is there, else built, and then kept in the cache for the next
+    store (best effort: a cache that cannot be written is left alone)."""
     out_dir = Path(model_store) / DEMO_NAME
     if is_complete(out_dir):
         return out_dir
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    cached = _cached_build(out_dir)
     tmp = Path(tempfile.mkdtemp(prefix=f".{DEMO_NAME}.building-", dir=out_dir.parent))
     try:
-        _build_into(tmp)
+        if not (cached and _copy_build(cached, tmp)):
+            cached = None
+            _build_into(tmp)
         if out_dir.exists() and not is_complete(out_dir):
             # Left by something else (a manual copy, an older tool): move it aside, then replace it.
             old = Path(tempfile.mkdtemp(prefix=f".{DEMO_NAME}.old-", dir=out_dir.parent))
@@ -143,7 +152,49 @@ def ensure_demo_model(model_store) -> Path:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+    if cached is None:
+        _keep_in_cache(out_dir)
     return out_dir
+
+
+def _cached_build(out_dir: Path) -> Path | None:
+    """This user's finished cached build, when it is not ``out_dir`` itself and nobody else can write it."""
+    try:
+        folder = demo_cache() / DEMO_NAME
+        if not is_complete(folder) or folder.resolve() == out_dir.resolve():
+            return None
+        info = folder.stat()
+        return folder if info.st_uid == os.getuid() and not info.st_mode & 0o022 else None
+    except OSError:
+        return None
+
+
+def _copy_build(source: Path, tmp: Path) -> bool:
+    """Copy a finished build into the empty ``tmp``; False (``tmp`` emptied) when it cannot be read whole."""
+    try:
+        shutil.copytree(source, tmp, dirs_exist_ok=True)
+        return is_complete(tmp)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(mode=0o700)
+        return False
+
+
+def _keep_in_cache(built: Path) -> None:
+    """A copy of a fresh build in this user's cache, made private, unless one is there (best effort)."""
+    try:
+        cache = demo_cache()
+        if is_complete(cache / DEMO_NAME) or cache.resolve() == built.parent.resolve():
+            return
+        cache.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{DEMO_NAME}.copying-", dir=cache))
+        try:
+            shutil.copytree(built, tmp, dirs_exist_ok=True)
+            os.replace(tmp, cache / DEMO_NAME)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    except OSError:
+        pass
 
 
 def demo_cache() -> Path:

@@ -1,7 +1,7 @@
 """The Serve config the launcher deploys on Ray, and the dashboard's Serve REST API that takes it.
 
 One application per model (``intgrads.rayserve.app:model_app`` at ``/predictions/NAME``) and a front
-(``intgrads.rayserve.app:front_app`` at ``/``). The config is the schema of KubeRay's ``RayService``
+(``intgrads.rayserve.front:front_app`` at ``/``). The config is the schema of KubeRay's ``RayService``
 ``serveConfigV2`` (``scripts/export_kuberay.py`` writes the same). Workers become replicas: on CPU
 ``--workers N`` replicas of ``cores / N`` CPUs (and torch threads) each; with ``--cuda``, ``--workers-per-gpu W``
 per GPU, each with ``num_gpus = 1/W``. On a cluster Ray spreads them over the nodes.
@@ -25,7 +25,7 @@ from ..engine.memory import reuse_memory_env
 from .paths import LaunchError
 
 MODEL_IMPORT = "intgrads.rayserve.app:model_app"
-FRONT_IMPORT = "intgrads.rayserve.app:front_app"
+FRONT_IMPORT = "intgrads.rayserve.front:front_app"
 FRONT_NAME = "intgrads"
 MODEL_DEPLOYMENT = "ModelServer"
 MAX_QUEUED = 100   # requests waiting per replica beyond this get 503 at once (TorchServe's job_queue_size)

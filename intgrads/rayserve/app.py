@@ -5,10 +5,8 @@ One application per model (``model_app``, route ``/predictions/NAME``): a ``Mode
 at a time, with torch's work in a thread so the replica's event loop stays free (it reads bodies and streams
 answers meanwhile). A request takes its turn only once its whole body has come (within ``body_seconds``, else
 408): a stalled upload costs a socket, not a turn; at most ``max_queued`` wait per replica, past that a JSON 503
-(``turns``; Ray's own queue bounds sit above it). One front (``front_app``, route ``/``) answers what no model
-route takes:
-``POST /explanations/NAME`` (the JSON summary, through the model's deployment), ``GET /models/NAME`` (what the
-model is, its defaults and limits), ``GET /ping`` and ``GET /metrics``, and a 404 naming the model otherwise.
+(``turns``; Ray's own queue bounds sit above it). The routes besides ``/predictions/NAME`` are the front's
+(:mod:`intgrads.rayserve.front`, which imports no torch).
 """
 
 from __future__ import annotations
@@ -30,20 +28,12 @@ from starlette.requests import Request
 from ..serving.service import AttributionService
 from ..system import OWNER_FILE, UNPACKED_PREFIX, sweep_orphans
 from . import http
+from .front import DEFAULT_BODY_SECONDS, DEFAULT_MAX_BODY, read_key
 from .metrics import counters
 from .turns import Busy, Turns
 
 logger = logging.getLogger("ray.serve")
-DEFAULT_MAX_BODY = 1_048_576
-DEFAULT_BODY_SECONDS = 60.0
 DEFAULT_MAX_QUEUED = 100
-
-
-def read_key(key_file: str | None) -> str | None:
-    """The inference key of a key file (TorchServe's key_file.json layout), or None when there is none."""
-    if not key_file:
-        return None
-    return json.loads(Path(key_file).read_text(encoding="utf-8"))["inference"]["key"]
 
 
 def open_archive(archive: str) -> tuple[Path, dict]:
@@ -125,49 +115,7 @@ def _node_id() -> str:
     return ray.get_runtime_context().get_node_id()
 
 
-@serve.deployment(max_ongoing_requests=500, ray_actor_options={"num_cpus": 0})
-class Front:
-    """The routes besides ``/predictions/NAME``; see the module docstring."""
-
-    def __init__(self, models: list, key_file: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY,
-                 body_seconds: float = DEFAULT_BODY_SECONDS, trusted_proxies: list | None = None):
-        self.models = {name: serve.get_deployment_handle("ModelServer", app_name=name) for name in models}
-        self.key = read_key(key_file)
-        self.max_body = int(max_body_bytes)
-        self.body_seconds = float(body_seconds)
-        self.trusted = tuple(trusted_proxies or ())
-        self.counters = counters()
-
-    async def __call__(self, request: Request):
-        parts = [part for part in request.url.path.split("/") if part]
-        try:
-            if parts == ["ping"]:
-                return http.json_response(200, {"status": "Healthy"})
-            http.check_key(request, self.key, self.trusted)
-            if parts == ["metrics"]:
-                text = await self.counters.render.remote()
-                return http.Response(text, media_type="text/plain; version=0.0.4")
-            if len(parts) >= 2 and parts[0] in ("explanations", "models") and parts[1] in self.models:
-                handle = self.models[parts[1]]
-                if parts[0] == "models":
-                    return http.json_response(200, [await handle.describe.remote()])
-                incoming = await http.incoming(request, max_body_bytes=self.max_body, key=self.key, explain=True,
-                                               body_seconds=self.body_seconds, trusted=self.trusted)
-                return http.response(await handle.explain.remote(incoming))
-        except http.Refused as refused:
-            return http.response(refused.reply)
-        name = parts[1] if len(parts) >= 2 else "/".join(parts)
-        return http.json_response(404, {"code": 404, "type": "ModelNotFoundException",
-                                        "message": f"Model not found: {name}"})
-
-
 def model_app(args: dict):
     """The application of one model: ``args`` as ``ModelServer`` takes them (the launcher's Serve config);
     ``code_version`` only marks the code the config was written for (a new one rolls the replicas)."""
     return ModelServer.bind(**{key: value for key, value in args.items() if key != "code_version"})
-
-
-def front_app(args: dict):
-    """The front application: ``args`` {"models": [...], "key_file": ..., "max_body_bytes": ...}."""
-    return Front.bind(**{key: value for key, value in args.items() if key != "code_version"})
-

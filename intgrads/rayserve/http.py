@@ -22,7 +22,7 @@ from starlette.responses import Response, StreamingResponse
 from ..serving.body import body_parts
 from ..serving.replies import JSON_TYPE, Reply, error_reply
 from ..serving.request import RequestError, body_too_big, lower_keys
-from ..serving.service import Incoming
+from ..serving.incoming import Incoming
 
 KEY_REFUSED = "Token Authorization failed: send the inference key as Authorization: Bearer KEY"
 

@@ -16,9 +16,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from ..answer.codec import encode_answer
 from ..answer.keys import HANDOFF_HEADER, SUMMARY_HEADER
-from ..answer.summary import index_record, summarize_answer
 from ..engine.diagnostics import NON_FINITE
 from .handoff import HandoffFull
 from .request import RequestError
@@ -92,6 +90,9 @@ def flat_warnings(answer: dict) -> list:
 def answer_reply(request, answer, engine_seconds: float, *, gzip_level: int, handoff=None) -> Reply:
     """The reply for ``request``'s engine ``answer`` (see the module docstring); a hand-off directory with no
     room gives the 507 error reply."""
+    from ..answer.codec import encode_answer   # here: error replies and a front that only routes need no torch
+    from ..answer.summary import index_record, summarize_answer
+
     started = time.perf_counter()
     headers = {}
     if request.single:

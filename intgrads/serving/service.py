@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..answer.keys import SENDABLE_NAMES
@@ -32,22 +31,10 @@ from .batching import plan_units
 from .guards import check_answer_size, check_work, counted_steps, sentence_lengths, work_budget
 from .lm_guards import check_lm_request, lm_work
 from .handoff import HandoffDir
+from .incoming import Incoming
 from .replies import Reply, answer_reply, error_reply, refuse_non_finite
 from .request import DEFAULT_LIMITS, DEFAULT_OPTIONS, RequestError, parse_request
 from .running import run_alone, run_together
-
-
-@dataclass
-class Incoming:
-    """A request as a front end hands it over: ``parts`` is the body as TorchServe gives it to a handler
-    (``{"body": bytes}`` or form fields, see ``intgrads.serving.request``), ``headers`` its headers, ``query`` the
-    URL's query string as (name, value) pairs (None where the front end cannot see it), ``explain`` the
-    ``/explanations`` route."""
-
-    parts: dict
-    headers: dict
-    query: list | None = None
-    explain: bool = False
 
 
 class AttributionService:
