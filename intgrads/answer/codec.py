@@ -1,9 +1,10 @@
 """The answer's wire format: ``gzip(torch.save(obj))``, as the old tool sent it.
 
 Any gzip reader opens it (the old tool's snippet: ``gzip.open`` -> ``BytesIO`` -> ``torch.load``). Two
-levels are written: 1 (the default), ISA-L's fastest compression, about ten times faster than the standard
-library's; and 0, *stored*: the same gzip container around uncompressed deflate blocks, several times faster
-again and ~8% larger for float32 gradients, for hosts where encoding, not computing, sets the pace (GPUs).
+levels are written: 1 (:func:`encode_answer`'s default), ISA-L's fastest compression, about ten times faster than
+the standard library's; and 0, *stored*: the same gzip container around uncompressed deflate blocks, several
+times faster again to write and to check, ~8% larger for float32 gradients. Servers and the batch job store by
+default (``--gzip-level``): their answers are checked by a client, and inflating costs more than the bytes saved.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ except ImportError:  # pragma: no cover - isal is a declared dependency
     _gzip = gzip
     _crc32 = zlib.crc32
 
-GZIP_LEVEL = 1          # the default: ISA-L level 1
+GZIP_LEVEL = 1          # encode_answer's default: ISA-L level 1 (servers: 0, launcher.archive.gzip_level)
 GZIP_LEVELS = (0, 1)    # 0: stored (no compression), 1: compressed
 STORED_BLOCK = 65535    # the largest stored deflate block
 

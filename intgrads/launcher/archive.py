@@ -100,9 +100,10 @@ def archive_settings(spec: ModelSpec, args, tokenizer_in_archive: str | None, co
 
 
 def gzip_level(args) -> int:
-    """--gzip-level, else 0 (stored) with --cuda and 1 (compressed) on CPU."""
+    """--gzip-level, else 0 (stored): deflating costs the server and every client more CPU than the bytes it
+    saves are worth, on a GPU and on a CPU alike (docs/benchmarks.md, part 15)."""
     level = getattr(args, "gzip_level", None)
-    return level if level is not None else (0 if args.cuda else 1)
+    return level if level is not None else 0
 
 
 def build_archive(spec: ModelSpec, args, model_store: Path, config_props: dict, archiver: str) -> tuple[Path, bool]:

@@ -47,7 +47,7 @@ DEFAULT_OPTIONS = {"target": 1, "n_steps": 50, "method": "gausslegendre", "basel
                    "keep_special_tokens": False, "internal_batch_size": None, "precision": "float32"}
 DEFAULT_LIMITS = {"max_steps": 500, "max_tokens": 512, "max_sequences": 16, "max_chars": 100_000,
                   "max_body_bytes": 1_048_576, "max_response_bytes": 1_073_741_824, "chunk_tokens": None,
-                  "gzip_level": 1, "max_work": None}
+                  "gzip_level": 0, "max_work": None}
 
 
 @dataclass

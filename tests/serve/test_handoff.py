@@ -140,19 +140,19 @@ def test_uncollected_files_expire_and_the_directory_is_bounded(tmp_path):
 def small_handoff_server(tmp_path_factory, bert_files):
     server = start_server(tmp_path_factory, "handoff-bound",
                           ["-bp", bert_files.weights, "--config", bert_files.config, "--tokenizer", bert_files.tokenizer,
-                           "--workers", "1", "--handoff-max-bytes", "1000", "--gzip-level", "0"])
+                           "--workers", "1", "--handoff-max-bytes", "1000", "--gzip-level", "1"])
     try:
         yield server
     finally:
         server.stop()
 
 
-def test_gzip_level_0_serves_stored_answers_that_load_the_same(server, small_handoff_server):
-    """--gzip-level 0: the body is a gzip of stored deflate blocks (BTYPE 00), the README's snippet loads it,
-    and it holds the answer of the default server's compressed one."""
+def test_stored_answers_by_default_and_compressed_ones_load_the_same(server, small_handoff_server):
+    """By default (--gzip-level 0) the body is a gzip of stored deflate blocks (BTYPE 00), the README's snippet
+    loads it, and it holds the answer of a --gzip-level 1 server's compressed one."""
     request = {"sequence": SENTENCES[2], "n_steps": 6}
-    stored = requests.post(small_handoff_server.url("bert"), json=request, timeout=120)
-    compressed = requests.post(server.url("bert"), json=request, timeout=120)
+    stored = requests.post(server.url("bert"), json=request, timeout=120)
+    compressed = requests.post(small_handoff_server.url("bert"), json=request, timeout=120)
     assert stored.status_code == 200 and compressed.status_code == 200
     assert stored.content[:2] == b"\x1f\x8b" and stored.content[10] & 0b110 == 0          # first block stored
     assert compressed.content[10] & 0b110 != 0                                               # compressed

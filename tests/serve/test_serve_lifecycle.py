@@ -218,15 +218,16 @@ def test_workers_flag_and_cuda_override_the_default():
     assert resolve_workers(parser.parse_args(["--demo", "--cuda"]), 1, cores=2) == 2    # two per GPU by default
 
 
-def test_gzip_level_defaults_to_stored_on_gpus_only():
+def test_gzip_level_defaults_to_stored():
     from intgrads.launcher import build_parser
     from intgrads.launcher.archive import gzip_level
 
     parser = build_parser()
-    assert gzip_level(parser.parse_args(["--demo"])) == 1
+    assert gzip_level(parser.parse_args(["--demo"])) == 0
     assert gzip_level(parser.parse_args(["--demo", "--cuda"])) == 0
     assert gzip_level(parser.parse_args(["--demo", "--cuda", "--gzip-level", "1"])) == 1
     assert gzip_level(parser.parse_args(["--demo", "--gzip-level", "0"])) == 0
+    assert gzip_level(parser.parse_args(["--demo", "--gzip-level", "1"])) == 1
     with pytest.raises(SystemExit):
         parser.parse_args(["--demo", "--gzip-level", "5"])
 

@@ -25,7 +25,7 @@ def test_the_describe_call_answers_the_model_and_its_limits(server, bundles):
                                                                     config.num_labels)
     assert meta["defaults"]["n_steps"] == 50 and meta["defaults"]["method"] == "gausslegendre"
     assert meta["limits"]["max_steps"] == 500 and meta["limits"]["max_work_gmac"] > 0
-    assert meta["limits"]["response_timeout_s"] > 0 and meta["limits"]["gzip_level"] == 1
+    assert meta["limits"]["response_timeout_s"] > 0 and meta["limits"]["gzip_level"] == 0
     # what a request's "outputs" may name: every default output, x and b, and IDGI
     assert meta["outputs"] == list(intgrads.OUTPUT_NAMES) + ["layer_input", "layer_baseline", "idgi",
                                                              "idgi_token_attributions"]
