@@ -7,8 +7,8 @@ computation is GPU-fast, served with ``--hf-model`` (12.4 MB answers at 64 token
 Each gets N sentences of T tokens, at 50 steps. Ways timed:
 
 - engine (GPU only): ``intgrads.attribute`` alone, one sentence after another (the engine's own throughput);
-- in process: ``intgrads.attribute`` (the launcher's chunk_tokens), ``encode_answer`` (the launcher's gzip level
-  for the device: 1 on CPU, 0 on a GPU), then the file written and fsynced as ``intgrads-client`` writes it, one
+- in process: ``intgrads.attribute`` (the launcher's chunk_tokens), ``encode_answer`` (the launcher's gzip level,
+  0 by default), then the file written and fsynced as ``intgrads-client`` writes it, one
   sentence after another;
 - served: the launcher's defaults (with ``--cuda --workers-per-gpu W`` on a GPU, for each W given), then
   ``intgrads-client FILE -o DIR --url URL`` with its defaults (plus ``--client-flags``), timed from the client's
@@ -122,8 +122,10 @@ def in_process(model: dict, texts: list[str], out: Path, chunk_tokens: int, devi
     import intgrads
     from intgrads.client.index import write_atomically
 
-    if level is None:
-        level = 0 if device == "cuda" else 1     # the launcher's default --gzip-level for the device
+    if level is None:   # the launcher's default --gzip-level
+        from intgrads.launcher.archive import gzip_level
+
+        level = gzip_level(argparse.Namespace(cuda=device == "cuda"))
     intgrads.reuse_freed_memory()
     bundle = intgrads.load_model(model["family"], model["weights"], config=model["config"],
                                  tokenizer=model["tokenizer"], device=device)
@@ -370,7 +372,7 @@ def main(argv=None) -> int:
     parser.add_argument("--frontends", nargs="+", choices=("torchserve", "ray"), default=["torchserve"],
                         help="the front ends served, each with the launcher's defaults (side by side in one run)")
     parser.add_argument("--gzip-level", type=int, choices=(0, 1), default=None,
-                        help="the answers' gzip level in process and served (default: the launcher's, 1 on CPU)")
+                        help="the answers' gzip level in process and served (default: the launcher's, 0)")
     parser.add_argument("--client-flags", default="",
                         help="extra intgrads-client flags, e.g. '--no-handoff --rebuild always' (compact bodies) "
                              "or '--no-handoff --rebuild never' (whole bodies)")
