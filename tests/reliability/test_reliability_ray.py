@@ -99,7 +99,8 @@ def test_the_queue_bound_is_per_replica_with_our_503(ray_reliability_server, tal
 
     url = server.url(DEMO)
     with ThreadPoolExecutor(max_workers=MAX_QUEUED + 11) as pool:
-        long = pool.submit(requests.post, url, json={"sequence": LONG, "n_steps": 100}, timeout=600)
+        # long enough to outlast the 110 arrivals on a loaded machine (at 100 steps, up to 4 came after it ended)
+        long = pool.submit(requests.post, url, json={"sequence": LONG, "n_steps": 300}, timeout=600)
         time.sleep(1.0)   # its turn taken
         started = time.monotonic()
         fillers = [pool.submit(lambda: (requests.post(url, json={"sequence": "good", "n_steps": 100000}, timeout=600),
