@@ -125,7 +125,7 @@ def in_process(model: dict, texts: list[str], out: Path, chunk_tokens: int, devi
     if level is None:   # the launcher's default --gzip-level
         from intgrads.launcher.archive import gzip_level
 
-        level = gzip_level(argparse.Namespace(cuda=device == "cuda"))
+        level = gzip_level(argparse.Namespace())
     intgrads.reuse_freed_memory()
     bundle = intgrads.load_model(model["family"], model["weights"], config=model["config"],
                                  tokenizer=model["tokenizer"], device=device)

@@ -19,10 +19,10 @@ each label's logit is half the margin).
     ensure_demo_model(model_store) -> <model_store>/demo-sentiment, only when missing: copied from this
                                       user's cache when a build is there, else built (and kept there too)
     demo_model()                   -> the model loaded (intgrads.demo_model), built once into this user's cache
+    python -m intgrads.launcher.demo OUT_DIR
 
 So the demo is built once per user, not once per model store: the launcher's first use in a new folder copies the
 build of :func:`demo_cache` (88 MB, a fraction of a second) when there is one of this user's.
-    python -m intgrads.launcher.demo OUT_DIR
 
 Builds are atomic: the directory is written under a temporary name beside ``out_dir`` and renamed
 into place, so a crash leaves no half-built model behind.

@@ -12,7 +12,6 @@ answers meanwhile). A request takes its turn only once its whole body has come (
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import shutil

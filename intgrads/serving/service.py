@@ -182,7 +182,7 @@ class AttributionService:
         request, answer, seconds = result
         try:
             refuse_non_finite(answer)
-            return answer_reply(request, answer, seconds, gzip_level=int(self.limits.get("gzip_level", 0)),
+            return answer_reply(request, answer, seconds, gzip_level=int(self.limits["gzip_level"]),
                                 handoff=self.handoff)
         except RequestError as error:
             return error_reply(error)
